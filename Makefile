@@ -1,0 +1,54 @@
+# Gantry — the two commands a newcomer needs: `make run` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: run test lint format bench install install-dev migrate clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: requirements.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements.txt
+	@touch $@
+
+$(VENV)/.installed-dev: requirements.txt requirements-dev.txt $(VENV)/.installed
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	@touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+migrate: install
+	$(BIN)/python manage.py migrate --noinput
+
+## The portal, a Celery worker and celery beat on the embedded default (Ctrl-C stops all).
+run: migrate
+	$(BIN)/python manage.py demo
+	@echo ""
+	@echo "  Gantry is starting on http://$(HOST):$(PORT)/"
+	@echo "  Sign in as demo / gantry-demo — Ctrl-C stops the web server, worker and beat."
+	@echo ""
+	GANTRY_BIND=$(HOST):$(PORT) SITE_URL=http://$(HOST):$(PORT) $(BIN)/honcho start -f Procfile
+
+## The whole suite (real services where present; CI=true makes them mandatory).
+test: install-dev
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install-dev
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install-dev
+	@set -e; for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f; done
+
+clean:
+	rm -rf var/celery var/static

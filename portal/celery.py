@@ -1,0 +1,19 @@
+"""The Celery application. Broker and options come from Django settings (CELERY_*)."""
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+
+app = Celery("gantry")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+# Periodic work. Each entry calls a thin task that loads ids and calls a service.
+app.conf.beat_schedule = {
+    "purge-expired-invitations": {
+        "task": "portal.tasks.purge_expired_invitations",
+        "schedule": 3600.0,
+    },
+}

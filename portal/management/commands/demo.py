@@ -1,0 +1,33 @@
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+from django.db import transaction
+
+from portal.models import Membership, Organization, Role
+from portal.services import organization_create
+
+DEMO_USER = "demo"
+DEMO_PASSWORD = "gantry-demo"
+DEMO_ORG = "demo"
+
+
+class Command(BaseCommand):
+    help = "Load the demo data `make run` starts with (idempotent)."
+
+    @transaction.atomic
+    def handle(self, *args, **options):
+        User = get_user_model()
+        user, created = User.objects.get_or_create(
+            username=DEMO_USER,
+            defaults={"email": "demo@example.com", "is_staff": True, "is_superuser": True},
+        )
+        if created:
+            user.set_password(DEMO_PASSWORD)
+            user.save()
+        org = Organization.objects.filter(slug=DEMO_ORG).first()
+        if org is None:
+            org = organization_create(name="Demo team", slug=DEMO_ORG, owner=user)
+        Membership.objects.get_or_create(organization=org, user=user, defaults={"role": Role.OWNER})
+        self.stdout.write(
+            f"Demo ready: sign in as {DEMO_USER} / {DEMO_PASSWORD} (staff) in organization "
+            f"{org.slug}."
+        )

@@ -1,0 +1,58 @@
+"""The composition root's URLs: every app's pages and API are mounted here."""
+
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from rest_framework.routers import SimpleRouter
+
+from portal import api, views
+
+router = SimpleRouter(trailing_slash="")
+router.register("organizations", api.OrganizationViewSet, basename="organization")
+router.register("keys", api.ApiKeyViewSet, basename="apikey")
+router.register("members", api.MemberViewSet, basename="member")
+router.register("invitations", api.InvitationViewSet, basename="invitation")
+
+portal_patterns = (
+    [
+        path("", views.dashboard, name="dashboard"),
+        path("signup/", views.signup, name="signup"),
+        path("organizations/", views.organization_list, name="organizations"),
+        path("organizations/<slug:slug>/switch/", views.organization_switch, name="org_switch"),
+        path("keys/", views.api_key_list, name="api_keys"),
+        path("keys/<int:pk>/revoke/", views.api_key_revoke, name="api_key_revoke"),
+        path("members/", views.member_list, name="members"),
+        path("members/<int:pk>/role/", views.member_update, name="member_update"),
+        path("members/<int:pk>/remove/", views.member_remove, name="member_remove"),
+        path("invitations/<int:pk>/revoke/", views.invitation_revoke, name="invitation_revoke"),
+        path("invite/<str:token>/", views.invitation_accept, name="invitation_accept"),
+    ],
+    "portal",
+)
+
+api_v1 = [
+    path("me", api.me, name="me"),
+    *router.urls,
+]
+
+urlpatterns = [
+    path("", include(portal_patterns)),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path(
+        "accounts/password_change/",
+        auth_views.PasswordChangeView.as_view(),
+        name="password_change",
+    ),
+    path(
+        "accounts/password_change/done/",
+        auth_views.PasswordChangeDoneView.as_view(),
+        name="password_change_done",
+    ),
+    path("admin/", admin.site.urls),
+    path("api/v1/", include((api_v1, "api"))),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+]

@@ -1,0 +1,88 @@
+"""The tenancy matrix: every organization-owned URL, HTML and API.
+
+Each entry names a URL (by its Django name), the methods that reach it, and a factory
+that creates the object inside a *victim* organization and returns the URL kwargs.
+The matrix test asks each URL as a member of another organization and expects 404 —
+and the victim's object unchanged. A completeness test walks the URL configuration and
+fails when a URL with an object in its path is neither here nor in ``EXEMPT``, so no
+new URL escapes. Later capabilities append their entries with ``register``.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from django.forms.models import model_to_dict
+
+from portal.models import Invitation, Membership, Organization, Role
+
+
+@dataclass(frozen=True)
+class OrgUrl:
+    name: str
+    methods: tuple[str, ...]
+    # (victim org, a member of it) -> (url kwargs, the object that must stay unchanged)
+    make: Callable
+    api: bool = False
+
+
+MATRIX: list[OrgUrl] = []
+
+# URLs with a path parameter that are not organization-owned objects, and why.
+EXEMPT: dict[str, str] = {
+    "portal:invitation_accept": "signed token, not an object id; bad tokens get 400",
+    "schema": "format parameter of the OpenAPI document",
+}
+
+
+def register(name: str, methods: tuple[str, ...], make: Callable, api: bool = False) -> None:
+    MATRIX.append(OrgUrl(name=name, methods=methods, make=make, api=api))
+
+
+def snapshot(obj) -> dict | None:
+    if obj is None:
+        return None
+    fresh = type(obj).objects.filter(pk=obj.pk).first()
+    return model_to_dict(fresh) if fresh is not None else None
+
+
+# --- portal ---------------------------------------------------------------------------
+
+
+def _api_key(org: Organization, member):
+    from portal.services import api_key_create
+
+    key, _raw = api_key_create(organization=org, user=member, name="victim")
+    return {"pk": key.pk}, key
+
+
+def _membership(org: Organization, member):
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.create_user(
+        username=f"victim-{org.slug}-{Membership.objects.count()}", password="x-long-pass-42"
+    )
+    m = Membership.objects.create(organization=org, user=user, role=Role.MEMBER)
+    return {"pk": m.pk}, m
+
+
+def _invitation(org: Organization, member):
+    inv = Invitation.objects.create(
+        organization=org,
+        email=f"victim{Invitation.objects.count()}@example.com",
+        invited_by=member,
+    )
+    return {"pk": inv.pk}, inv
+
+
+def _org_slug(org: Organization, member):
+    return {"slug": org.slug}, org
+
+
+register("portal:api_key_revoke", ("POST",), _api_key)
+register("portal:member_update", ("POST",), _membership)
+register("portal:member_remove", ("POST",), _membership)
+register("portal:invitation_revoke", ("POST",), _invitation)
+register("portal:org_switch", ("POST",), _org_slug)
+register("api:apikey-detail", ("GET", "DELETE"), _api_key, api=True)
+register("api:member-detail", ("GET", "PATCH", "DELETE"), _membership, api=True)
+register("api:invitation-detail", ("DELETE",), _invitation, api=True)

@@ -1,0 +1,89 @@
+"""`make run` smoke: the embedded default starts, serves, and one Ctrl-C stops it all."""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status
+    except OSError:
+        return 0
+
+
+@pytest.mark.timeout(600)
+def test_make_run_serves_the_portal_and_stops_on_ctrl_c(tmp_path):
+    port = free_port()
+    # The embedded default: no database, broker or secret from the environment.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in {
+            "DATABASE_URL",
+            "CELERY_BROKER_URL",
+            "SECRET_KEY",
+            "DEBUG",
+            "CELERY_TASK_DEFAULT_QUEUE",
+            "EMAIL_URL",
+            "MAKEFLAGS",
+            "MAKELEVEL",
+        }
+    }
+    env["VAR_DIR"] = str(tmp_path / "var")
+    log_path = tmp_path / "run.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            ["make", "run", f"PORT={port}"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and get(f"http://127.0.0.1:{port}/") != 200:
+                assert proc.poll() is None, log_path.read_text()
+                time.sleep(0.5)
+            assert get(f"http://127.0.0.1:{port}/") == 200, log_path.read_text()
+            assert get(f"http://127.0.0.1:{port}/api/schema/") == 200
+            assert get(f"http://127.0.0.1:{port}/api/docs/") == 200
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not (
+                "worker@" in (text := log_path.read_text())
+                and "ready." in text
+                and "beat: Starting" in text
+            ):
+                time.sleep(0.5)
+            text = log_path.read_text()
+            assert "ready." in text and "beat: Starting" in text, text
+            assert f"http://127.0.0.1:{port}/" in text and "demo / gantry-demo" in text
+        finally:
+            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                raise
+    # Nothing is left behind: no process of the group, nothing on the port.
+    time.sleep(1)
+    leftover = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True)
+    assert leftover.stdout.strip() == "", leftover.stdout
+    assert get(f"http://127.0.0.1:{port}/") == 0
