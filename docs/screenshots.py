@@ -1,0 +1,44 @@
+"""Refresh the README's screenshots from a running portal (`make run` in another shell).
+
+    .venv/bin/python docs/screenshots.py [http://127.0.0.1:8000]
+"""
+
+import sys
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+BASE = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8000"
+OUT = Path(__file__).parent / "screenshots"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run"]
+
+# (file name, path) — each page is shot signed in as the demo user.
+PAGES = [
+    ("dashboard.png", "/"),
+    ("api-keys.png", "/keys/"),
+    ("members.png", "/members/"),
+]
+
+
+def main() -> None:
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 800}, base_url=BASE)
+        page.goto("/accounts/login/")
+        page.get_by_label("Username").fill("demo")
+        page.get_by_label("Password").fill("gantry-demo")
+        page.locator("main form").get_by_role("button", name="Sign in").click()
+        for name, path in PAGES:
+            page.goto(path)
+            if name == "api-keys.png":
+                page.get_by_label("Key name").fill("notebook")
+                page.get_by_role("button", name="Create key").click()
+                page.get_by_test_id("new-key").wait_for()
+            page.screenshot(path=str(OUT / name), full_page=True)
+            print("wrote", OUT / name)
+        browser.close()
+
+
+if __name__ == "__main__":
+    main()
