@@ -1,6 +1,6 @@
 """Refresh the README's screenshots from a running portal (`make run` in another shell).
 
-    .venv/bin/python docs/screenshots.py [http://127.0.0.1:8000]
+.venv/bin/python docs/screenshots.py [http://127.0.0.1:8000]
 """
 
 import sys
@@ -10,8 +10,14 @@ from playwright.sync_api import sync_playwright
 
 BASE = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8000"
 OUT = Path(__file__).parent / "screenshots"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 
 # (file name, path) — each page is shot signed in as the demo user.
 PAGES = [
