@@ -11,7 +11,17 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 # Periodic work. Each entry calls a thin task that loads ids and calls a service.
+from django.conf import settings  # noqa: E402
+
 app.conf.beat_schedule = {
+    "reconcile-all-deployments": {
+        "task": "deployments.tasks.reconcile_all",
+        "schedule": float(settings.RECONCILE_INTERVAL_S),
+    },
+    "check-pools": {
+        "task": "deployments.tasks.check_pools",
+        "schedule": 30.0,
+    },
     "purge-expired-invitations": {
         "task": "portal.tasks.purge_expired_invitations",
         "schedule": 3600.0,

@@ -65,6 +65,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "template_partials",
     "portal",
+    "deployments",
 ]
 
 MIDDLEWARE = [
@@ -236,3 +237,20 @@ LOGGING = {
 INVITATION_MAX_AGE_DAYS = env.int("INVITATION_MAX_AGE_DAYS", default=7)
 # API keys record last use at most this often, so a busy key is not a write per request.
 API_KEY_LAST_USED_RESOLUTION_S = env.int("API_KEY_LAST_USED_RESOLUTION_S", default=60)
+
+# --- Deployments ----------------------------------------------------------------------
+# Folders replicas may load model files from (absolute paths, comma-separated).
+GANTRY_MODEL_DIRS = env.list("GANTRY_MODEL_DIRS", default=[str(VAR_DIR / "models")])
+# Engine images the docker and kubernetes drivers run (production: the engines' own).
+GANTRY_ENGINE_IMAGES = {
+    "llama.cpp": env.str("LLAMACPP_IMAGE", default="gantry/llamacpp:0.3.36"),
+    "vllm": env.str("VLLM_IMAGE", default="vllm/vllm-openai:v0.11.0"),
+    "sglang": env.str("SGLANG_IMAGE", default="lmsysorg/sglang:v0.5.3"),
+}
+DOCKER_HOST = env.str("DOCKER_HOST", default="unix:///var/run/docker.sock")
+KUBECONFIG = env.str("KUBECONFIG", default="")
+RECONCILE_INTERVAL_S = env.int("RECONCILE_INTERVAL_S", default=10)
+REPLICA_STARTUP_TIMEOUT_S = env.int("REPLICA_STARTUP_TIMEOUT_S", default=600)
+REPLICA_HEALTH_FAILURES = env.int("REPLICA_HEALTH_FAILURES", default=3)
+REPLICA_MAX_FAILURES = env.int("REPLICA_MAX_FAILURES", default=5)
+REPLICA_MAX_BACKOFF_S = env.int("REPLICA_MAX_BACKOFF_S", default=60)

@@ -6,6 +6,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
+from deployments import api as deployments_api
 from portal import api, views
 
 router = SimpleRouter(trailing_slash="")
@@ -13,6 +14,7 @@ router.register("organizations", api.OrganizationViewSet, basename="organization
 router.register("keys", api.ApiKeyViewSet, basename="apikey")
 router.register("members", api.MemberViewSet, basename="member")
 router.register("invitations", api.InvitationViewSet, basename="invitation")
+router.register("deployments", deployments_api.DeploymentViewSet, basename="deployment")
 
 portal_patterns = (
     [
@@ -33,11 +35,15 @@ portal_patterns = (
 
 api_v1 = [
     path("me", api.me, name="me"),
+    path("regions", deployments_api.region_list, name="regions"),
+    path("gpu-types", deployments_api.gpu_type_list, name="gpu-types"),
+    path("capacity", deployments_api.capacity, name="capacity"),
     *router.urls,
 ]
 
 urlpatterns = [
     path("", include(portal_patterns)),
+    path("", include("deployments.urls")),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path(

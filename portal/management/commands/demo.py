@@ -1,3 +1,4 @@
+from django.apps import apps
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
@@ -13,8 +14,13 @@ DEMO_ORG = "demo"
 class Command(BaseCommand):
     help = "Load the demo data `make run` starts with (idempotent)."
 
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--no-deployment", action="store_true", help="do not create the demo deployment"
+        )
+
     @transaction.atomic
-    def handle(self, *args, **options):
+    def handle(self, *args, no_deployment=False, **options):
         User = get_user_model()
         user, created = User.objects.get_or_create(
             username=DEMO_USER,
@@ -27,7 +33,11 @@ class Command(BaseCommand):
         if org is None:
             org = organization_create(name="Demo team", slug=DEMO_ORG, owner=user)
         Membership.objects.get_or_create(organization=org, user=user, defaults={"role": Role.OWNER})
-        self.stdout.write(
-            f"Demo ready: sign in as {DEMO_USER} / {DEMO_PASSWORD} (staff) in organization "
-            f"{org.slug}."
-        )
+        lines = [f"Demo ready: sign in as {DEMO_USER} / {DEMO_PASSWORD} (staff), org {org.slug}."]
+        # Later capabilities add their own demo data here, each through its services.
+        if apps.is_installed("deployments"):
+            from deployments.demo import load_demo_inventory
+
+            lines += load_demo_inventory(org=org, user=user, deployment=not no_deployment)
+        for line in lines:
+            self.stdout.write(line)

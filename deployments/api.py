@@ -1,0 +1,255 @@
+"""REST API for regions and deployments. Thin: parse, check access, call services."""
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status, viewsets
+from rest_framework.decorators import action, api_view
+from rest_framework.response import Response
+
+from deployments import selectors, services
+from deployments.access import access_deployment, access_replica
+from deployments.models import Deployment, DeploymentEvent, GpuType, Replica
+from deployments.placement import capacity_by_region_and_type
+from portal.access import require
+
+# --- Output ---------------------------------------------------------------------------
+
+
+class PoolOut(serializers.Serializer):
+    name = serializers.CharField()
+    driver = serializers.CharField()
+    gpu_type = serializers.CharField(source="gpu_type.code")
+    gpus_total = serializers.SerializerMethodField()
+    gpus_free = serializers.SerializerMethodField()
+    healthy = serializers.BooleanField()
+
+    def get_gpus_total(self, pool) -> int:
+        return pool.gpus_total or 0
+
+    def get_gpus_free(self, pool) -> int:
+        return (pool.gpus_total or 0) - (pool.gpus_allocated or 0)
+
+
+class RegionOut(serializers.Serializer):
+    code = serializers.CharField()
+    name = serializers.CharField()
+    location = serializers.CharField()
+    latitude = serializers.FloatField()
+    longitude = serializers.FloatField()
+    pools = PoolOut(many=True)
+
+
+class GpuTypeOut(serializers.ModelSerializer):
+    class Meta:
+        model = GpuType
+        fields = ["code", "name", "memory_gb", "price_per_hour_cents"]
+
+
+class ReplicaOut(serializers.ModelSerializer):
+    region = serializers.CharField(source="region.code")
+    pool = serializers.CharField(source="pool.name")
+    node = serializers.CharField(source="node.name")
+
+    class Meta:
+        model = Replica
+        fields = [
+            "id",
+            "ordinal",
+            "region",
+            "pool",
+            "node",
+            "gpus",
+            "status",
+            "url",
+            "started_at",
+            "ready_at",
+            "exit_reason",
+        ]
+
+
+class DeploymentOut(serializers.ModelSerializer):
+    gpu_type = serializers.CharField(source="gpu_type.code")
+    endpoint = serializers.SerializerMethodField()
+    replicas = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Deployment
+        fields = [
+            "id",
+            "name",
+            "status",
+            "status_reason",
+            "endpoint",
+            "engine",
+            "image",
+            "model_ref",
+            "engine_args",
+            "gpu_type",
+            "gpus_per_replica",
+            "min_replicas",
+            "max_replicas",
+            "desired_replicas",
+            "regions",
+            "replicas",
+            "created_at",
+            "updated_at",
+        ]
+
+    def get_endpoint(self, d) -> str | None:
+        return selectors.endpoint_of(d)
+
+    def get_replicas(self, d) -> list[dict]:
+        replicas = getattr(d, "live_replicas", None)
+        if replicas is None:
+            replicas = (
+                d.replicas.filter(status__in=["pending", "starting", "running", "stopping"])
+                .select_related("region", "pool", "node")
+                .order_by("ordinal")
+            )
+        return ReplicaOut(replicas, many=True).data
+
+
+class EventOut(serializers.ModelSerializer):
+    replica = serializers.IntegerField(source="replica_id", allow_null=True)
+
+    class Meta:
+        model = DeploymentEvent
+        fields = ["at", "kind", "message", "replica"]
+
+
+# --- Input ----------------------------------------------------------------------------
+
+
+class DeploymentIn(serializers.Serializer):
+    name = serializers.CharField(max_length=63)
+    engine = serializers.CharField(required=False, default="llama.cpp")
+    image = serializers.CharField(required=False, allow_blank=True, default="")
+    model_ref = serializers.CharField(max_length=255)
+    engine_args = serializers.ListField(child=serializers.CharField(), required=False, default=list)
+    gpu_type = serializers.CharField()
+    gpus_per_replica = serializers.IntegerField(required=False, default=1)
+    min_replicas = serializers.IntegerField(required=False, default=1)
+    max_replicas = serializers.IntegerField(required=False, default=1)
+    replicas = serializers.IntegerField(required=False, allow_null=True, default=None)
+    regions = serializers.ListField(child=serializers.CharField(), allow_empty=False)
+
+
+class ScaleIn(serializers.Serializer):
+    replicas = serializers.IntegerField()
+
+
+# --- Views ----------------------------------------------------------------------------
+
+
+@extend_schema(responses=RegionOut(many=True))
+@api_view(["GET"])
+def region_list(request):
+    """Regions with their GPU pools and free capacity."""
+    return Response(RegionOut(selectors.region_list(), many=True).data)
+
+
+@extend_schema(responses=GpuTypeOut(many=True))
+@api_view(["GET"])
+def gpu_type_list(request):
+    return Response(GpuTypeOut(GpuType.objects.all(), many=True).data)
+
+
+@api_view(["GET"])
+def capacity(request):
+    """Total, allocated and free GPUs per region and GPU type."""
+    return Response(capacity_by_region_and_type())
+
+
+class DeploymentViewSet(viewsets.GenericViewSet):
+    serializer_class = DeploymentOut
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return Deployment.objects.none()
+        return selectors.deployment_list(org=self.request.org)
+
+    def list(self, request):
+        require(request.membership, "deployments.view")
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response(DeploymentOut(page, many=True).data)
+
+    def retrieve(self, request, pk=None):
+        require(request.membership, "deployments.view")
+        return Response(DeploymentOut(access_deployment(request.org, pk)).data)
+
+    @extend_schema(request=DeploymentIn, responses={201: DeploymentOut})
+    def create(self, request):
+        require(request.membership, "deployments.manage")
+        data = DeploymentIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        deployment = services.deployment_create(
+            organization=request.org, user=request.user, **data.validated_data
+        )
+        return Response(DeploymentOut(deployment).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses={204: None})
+    def destroy(self, request, pk=None):
+        deployment = access_deployment(request.org, pk)
+        require(request.membership, "deployments.manage")
+        services.deployment_delete(deployment=deployment)
+        services.deployment_settle(deployment=deployment)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(request=ScaleIn, responses=DeploymentOut)
+    @action(detail=True, methods=["post"])
+    def scale(self, request, pk=None):
+        deployment = access_deployment(request.org, pk)
+        require(request.membership, "deployments.manage")
+        data = ScaleIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        before = deployment.desired_replicas
+        deployment = services.deployment_scale(
+            deployment=deployment, replicas=data.validated_data["replicas"]
+        )
+        if deployment.desired_replicas < before:
+            services.deployment_settle(deployment=deployment)
+        return Response(DeploymentOut(access_deployment(request.org, pk)).data)
+
+    @extend_schema(request=None, responses=DeploymentOut)
+    @action(detail=True, methods=["post"])
+    def stop(self, request, pk=None):
+        deployment = access_deployment(request.org, pk)
+        require(request.membership, "deployments.manage")
+        services.deployment_stop(deployment=deployment)
+        services.deployment_settle(deployment=deployment)
+        return Response(DeploymentOut(access_deployment(request.org, pk)).data)
+
+    @extend_schema(request=None, responses=DeploymentOut)
+    @action(detail=True, methods=["post"])
+    def start(self, request, pk=None):
+        deployment = access_deployment(request.org, pk)
+        require(request.membership, "deployments.manage")
+        deployment = services.deployment_start(deployment=deployment)
+        return Response(DeploymentOut(deployment).data)
+
+    @extend_schema(responses=EventOut(many=True))
+    @action(detail=True, methods=["get"])
+    def events(self, request, pk=None):
+        require(request.membership, "deployments.view")
+        deployment = access_deployment(request.org, pk)
+        page = self.paginate_queryset(selectors.deployment_events(deployment=deployment))
+        return self.get_paginated_response(EventOut(page, many=True).data)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("tail", int, description="lines (default 200)")],
+        responses={200: serializers.DictField()},
+    )
+    @action(detail=True, methods=["get"], url_path=r"replicas/(?P<replica_id>\d+)/logs")
+    def logs(self, request, pk=None, replica_id=None):
+        require(request.membership, "deployments.view")
+        replica = access_replica(request.org, pk, replica_id)
+        try:
+            tail = int(request.query_params.get("tail", 200))
+        except ValueError:
+            return Response({"tail": ["Give a whole number."]}, status=400)
+        return Response(
+            {
+                "replica": replica.pk,
+                "status": replica.status,
+                "log": services.replica_logs(replica=replica, tail=tail),
+            }
+        )

@@ -1,0 +1,107 @@
+"""The demo model: a tiny llama with RANDOM weights, written as GGUF.
+
+It exists so that the whole path — deploy, place, start a real llama.cpp server,
+route, complete, meter — runs on any CPU in seconds. Its answers are noise: it was never
+trained. It is labelled as such everywhere it appears.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+DEMO_MODEL_NAME = "gantry-tiny-random-llama"
+DEMO_MODEL_LABEL = "Tiny random-weight llama (demo, untrained — output is noise)"
+
+# Shape: small enough to be a few hundred KB, shaped like a real GQA llama.
+N_EMBD = 64
+N_LAYER = 2
+N_HEAD = 4
+N_HEAD_KV = 2
+N_FF = 128
+N_CTX = 512
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def _vocab() -> tuple[list[bytes], list[float], list[int]]:
+    from gguf import TokenType
+
+    tokens: list[bytes] = [b"<unk>", b"<s>", b"</s>"]
+    scores: list[float] = [0.0, 0.0, 0.0]
+    types: list[int] = [TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL]
+    # Byte fallback: every byte is a token, so any text can be tokenized.
+    for b in range(256):
+        tokens.append(f"<0x{b:02X}>".encode())
+        scores.append(0.0)
+        types.append(TokenType.BYTE)
+    # A few whole pieces, as a SentencePiece vocabulary would have.
+    pieces = ["▁", "▁the", "▁a", "▁hello", "▁world", "▁Gantry", "e", "t", "a", "o", "n"]
+    for i, piece in enumerate(pieces):
+        tokens.append(piece.encode())
+        scores.append(-float(i + 1))
+        types.append(TokenType.NORMAL)
+    return tokens, scores, types
+
+
+def write_demo_gguf(path: Path, seed: int = 0) -> Path:
+    """Write the demo model to ``path`` (idempotent: an existing file is kept)."""
+    import gguf
+
+    path = Path(path)
+    if path.exists() and path.stat().st_size > 0:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    rng = np.random.default_rng(seed)
+    tokens, scores, types = _vocab()
+    n_vocab = len(tokens)
+    head_dim = N_EMBD // N_HEAD
+
+    w = gguf.GGUFWriter(str(tmp), "llama")
+    w.add_name(DEMO_MODEL_NAME)
+    w.add_description(DEMO_MODEL_LABEL)
+    w.add_context_length(N_CTX)
+    w.add_embedding_length(N_EMBD)
+    w.add_block_count(N_LAYER)
+    w.add_feed_forward_length(N_FF)
+    w.add_head_count(N_HEAD)
+    w.add_head_count_kv(N_HEAD_KV)
+    w.add_rope_dimension_count(head_dim)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_vocab_size(n_vocab)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_chat_template(CHAT_TEMPLATE)
+
+    def t(name: str, *shape: int) -> None:
+        w.add_tensor(name, (rng.standard_normal(shape) * 0.02).astype(np.float32))
+
+    t("token_embd.weight", n_vocab, N_EMBD)
+    for i in range(N_LAYER):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
+        t(f"blk.{i}.attn_q.weight", N_EMBD, N_EMBD)
+        t(f"blk.{i}.attn_k.weight", N_HEAD_KV * head_dim, N_EMBD)
+        t(f"blk.{i}.attn_v.weight", N_HEAD_KV * head_dim, N_EMBD)
+        t(f"blk.{i}.attn_output.weight", N_EMBD, N_EMBD)
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
+        t(f"blk.{i}.ffn_gate.weight", N_FF, N_EMBD)
+        t(f"blk.{i}.ffn_up.weight", N_FF, N_EMBD)
+        t(f"blk.{i}.ffn_down.weight", N_EMBD, N_FF)
+    w.add_tensor("output_norm.weight", np.ones(N_EMBD, dtype=np.float32))
+    t("output.weight", n_vocab, N_EMBD)
+
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    tmp.rename(path)
+    return path

@@ -1,0 +1,187 @@
+"""The `local` driver: each replica is an engine process on this machine.
+
+Processes are started detached (their own session, re-parented away from the worker),
+so a worker restart neither kills them nor leaves zombies; each runtime keeps a small
+state folder (pid, port, log) under VAR_DIR/replicas/<pool>/<name>. A process is only
+trusted as "ours" when its environment carries the replica's name, so a recycled pid
+is never mistaken for a replica.
+"""
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from django.conf import settings
+
+from deployments.drivers.base import (
+    DriverError,
+    PoolDriver,
+    ReplicaSpec,
+    RuntimeInfo,
+    RuntimeStatus,
+    Started,
+)
+from deployments.engines import engine_command, model_file
+
+MARKER = "GANTRY_REPLICA"
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host if host not in {"", "0.0.0.0"} else "127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _proc_is(pid: int, name: str) -> bool:
+    """True when ``pid`` is a live (not zombie) process carrying our marker."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+        if state in (b"Z", b"X"):
+            return False
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f"{MARKER}={name}".encode() in f.read().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError, PermissionError, IndexError):
+        return False
+
+
+class LocalDriver(PoolDriver):
+    def __init__(self, pool):
+        super().__init__(pool)
+        self.root = Path(settings.VAR_DIR) / "replicas" / str(pool.pk)
+
+    # --- helpers ---------------------------------------------------------------------
+
+    def _dir(self, handle: str) -> Path:
+        if not handle.startswith("gantry-r") or "/" in handle:
+            raise DriverError(f"not a local runtime handle: {handle!r}")
+        return self.root / handle
+
+    def _meta(self, handle: str) -> dict | None:
+        try:
+            return json.loads((self._dir(handle) / "meta.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def _alive(self, handle: str, meta: dict | None) -> bool:
+        return bool(meta and meta.get("pid") and _proc_is(meta["pid"], handle))
+
+    # --- interface -------------------------------------------------------------------
+
+    def start(self, spec: ReplicaSpec) -> Started:
+        meta = self._meta(spec.name)
+        if self._alive(spec.name, meta):
+            # Started by an earlier attempt that died before recording it: adopt it.
+            return Started(handle=spec.name, url=meta["url"])
+        if spec.engine != "llama.cpp":
+            module = {"vllm": "vllm", "sglang": "sglang"}.get(spec.engine, spec.engine)
+            import importlib.util
+
+            if importlib.util.find_spec(module) is None:
+                raise DriverError(f"{spec.engine} is not installed on this machine's local pool.")
+        path = model_file(spec.model_ref)
+        if not path.is_file():
+            raise DriverError(f"model file {path} does not exist")
+        host = spec.node_address or "127.0.0.1"
+        port = _free_port(host)
+        rundir = self._dir(spec.name)
+        rundir.mkdir(parents=True, exist_ok=True)
+        pidfile = rundir / "pid"
+        pidfile.unlink(missing_ok=True)
+        log_path = rundir / "log"
+        cmd = engine_command(
+            spec.engine,
+            model_path=str(path),
+            port=port,
+            host=host,
+            args=spec.engine_args,
+            python=sys.executable,
+        )
+        env = {**os.environ, MARKER: spec.name, "PYTHONUNBUFFERED": "1"}
+        # setsid -f forks into a new session and returns at once: the engine is then no
+        # child of this worker. The shell records its pid, then becomes the engine.
+        launcher = ["setsid", "-f", "sh", "-c", 'echo $$ > "$0"; exec "$@"', str(pidfile), *cmd]
+        with open(log_path, "ab") as log:
+            subprocess.run(
+                launcher,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=rundir,
+                check=True,
+                timeout=30,
+            )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not pidfile.exists():
+            time.sleep(0.02)
+        try:
+            pid = int(pidfile.read_text().strip())
+        except (FileNotFoundError, ValueError) as exc:
+            raise DriverError("the engine process did not start") from exc
+        url = f"http://{host}:{port}"
+        meta = {"pid": pid, "port": port, "url": url, "cmd": cmd, "started": time.time()}
+        tmp = rundir / "meta.json.tmp"
+        tmp.write_text(json.dumps(meta))
+        tmp.replace(rundir / "meta.json")
+        return Started(handle=spec.name, url=url)
+
+    def status(self, handle: str) -> RuntimeStatus:
+        meta = self._meta(handle)
+        if meta is None:
+            return RuntimeStatus("missing", "no such runtime on this machine")
+        if meta.get("stopped"):
+            return RuntimeStatus("exited", "stopped")
+        if self._alive(handle, meta):
+            return RuntimeStatus("running")
+        tail = self.logs(handle, tail=3).strip().splitlines()
+        return RuntimeStatus("exited", "process exited" + (f": {tail[-1]}" if tail else ""))
+
+    def stop(self, handle: str) -> None:
+        meta = self._meta(handle)
+        if meta is None:
+            return
+        pid = meta.get("pid")
+        if pid and self._alive(handle, meta):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and _proc_is(pid, handle):
+                time.sleep(0.05)
+            if _proc_is(pid, handle):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+        meta["stopped"] = True
+        path = self._dir(handle) / "meta.json"
+        if path.parent.exists():
+            path.write_text(json.dumps(meta))
+
+    def list(self) -> list[RuntimeInfo]:
+        found = []
+        if not self.root.exists():
+            return found
+        for rundir in self.root.iterdir():
+            handle = rundir.name
+            if not handle.startswith("gantry-r"):
+                continue
+            meta = self._meta(handle)
+            if self._alive(handle, meta):
+                found.append(RuntimeInfo(handle=handle, replica_id=int(handle[len("gantry-r") :])))
+        return found
+
+    def logs(self, handle: str, tail: int = 200) -> str:
+        path = self._dir(handle) / "log"
+        if not path.exists():
+            return ""
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            data = f.read().decode("utf-8", "replace")
+        return "\n".join(data.splitlines()[-tail:])

@@ -1,0 +1,250 @@
+"""Regions, GPU pools and nodes (inventory); deployments (desired) and replicas (actual)."""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+
+from portal.models import Organization, slug_validator
+
+
+class GpuType(models.Model):
+    code = models.SlugField(max_length=32, unique=True)
+    name = models.CharField(max_length=64)
+    memory_gb = models.PositiveIntegerField(help_text="Memory of one GPU; 0 for CPU slots.")
+    # List price in minor units (cents) per GPU-hour; the billing rate table refines it.
+    price_per_hour_cents = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-memory_gb", "code"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.code == "cpu"
+
+
+class Region(models.Model):
+    code = models.SlugField(max_length=32, unique=True, validators=[slug_validator])
+    name = models.CharField(max_length=100)
+    location = models.CharField(max_length=100, blank=True, help_text="City or site.")
+    latitude = models.FloatField(default=0.0)
+    longitude = models.FloatField(default=0.0)
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["code"]
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class Driver(models.TextChoices):
+    LOCAL = "local", "Local processes"
+    DOCKER = "docker", "Docker hosts"
+    KUBERNETES = "kubernetes", "Kubernetes cluster"
+
+
+class GpuPool(models.Model):
+    region = models.ForeignKey(Region, on_delete=models.PROTECT, related_name="pools")
+    name = models.SlugField(max_length=40)
+    driver = models.CharField(max_length=16, choices=Driver.choices)
+    gpu_type = models.ForeignKey(GpuType, on_delete=models.PROTECT, related_name="pools")
+    # Driver settings (docker_url, namespace, kubeconfig context, port range…). May hold
+    # credentials: never rendered outside the admin's own form.
+    config = models.JSONField(default=dict, blank=True)
+    price_per_hour_cents = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Per GPU-hour; empty = the GPU type's list price."
+    )
+    enabled = models.BooleanField(default=True)
+    healthy = models.BooleanField(default=True)
+    health_message = models.CharField(max_length=300, blank=True)
+    checked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["region", "name"], name="pool_unique_in_region")
+        ]
+        ordering = ["region__code", "name"]
+
+    def __str__(self) -> str:
+        return f"{self.region.code}/{self.name}"
+
+    @property
+    def effective_price_cents(self) -> int:
+        if self.price_per_hour_cents is not None:
+            return self.price_per_hour_cents
+        return self.gpu_type.price_per_hour_cents
+
+
+class Node(models.Model):
+    pool = models.ForeignKey(GpuPool, on_delete=models.CASCADE, related_name="nodes")
+    name = models.CharField(max_length=64)
+    address = models.CharField(
+        max_length=255, default="127.0.0.1", help_text="Host replicas on this node answer on."
+    )
+    config = models.JSONField(default=dict, blank=True)
+    gpus_total = models.PositiveIntegerField()
+    gpus_allocated = models.PositiveIntegerField(default=0)
+    healthy = models.BooleanField(default=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["pool", "name"], name="node_unique_in_pool"),
+            # The database itself refuses over-allocation, whatever a placer believed.
+            models.CheckConstraint(
+                condition=Q(gpus_allocated__lte=F("gpus_total")), name="node_not_overallocated"
+            ),
+        ]
+        ordering = ["pool_id", "name"]
+
+    def __str__(self) -> str:
+        return f"{self.pool}/{self.name}"
+
+    @property
+    def gpus_free(self) -> int:
+        return self.gpus_total - self.gpus_allocated
+
+
+class Engine(models.TextChoices):
+    LLAMACPP = "llama.cpp", "llama.cpp"
+    VLLM = "vllm", "vLLM"
+    SGLANG = "sglang", "SGLang"
+
+
+class DeploymentStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    PLACING = "placing", "Placing"
+    STARTING = "starting", "Starting"
+    RUNNING = "running", "Running"
+    DEGRADED = "degraded", "Degraded"
+    FAILED = "failed", "Failed"
+    STOPPED = "stopped", "Stopped"
+    DELETING = "deleting", "Deleting"
+    DELETED = "deleted", "Deleted"
+
+
+class Deployment(models.Model):
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="deployments"
+    )
+    name = models.SlugField(max_length=63, validators=[slug_validator])
+    engine = models.CharField(max_length=16, choices=Engine.choices, default=Engine.LLAMACPP)
+    image = models.CharField(max_length=255, blank=True, help_text="Override the engine image.")
+    model_ref = models.CharField(max_length=255)
+    engine_args = models.JSONField(default=list, blank=True)
+    gpu_type = models.ForeignKey(GpuType, on_delete=models.PROTECT, related_name="+")
+    gpus_per_replica = models.PositiveSmallIntegerField(default=1)
+    min_replicas = models.PositiveSmallIntegerField(default=1)
+    max_replicas = models.PositiveSmallIntegerField(default=1)
+    desired_replicas = models.PositiveSmallIntegerField(default=1)
+    regions = models.JSONField(default=list, help_text="Region codes, in preference order.")
+    status = models.CharField(
+        max_length=16, choices=DeploymentStatus.choices, default=DeploymentStatus.PENDING
+    )
+    status_reason = models.TextField(blank=True)
+    failure_count = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    # A lease so one reconciler at a time works on a deployment; see services.
+    lease_owner = models.CharField(max_length=100, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "name"],
+                condition=Q(deleted_at__isnull=True),
+                name="deployment_name_unique_in_org",
+            ),
+            models.CheckConstraint(
+                condition=Q(min_replicas__lte=F("max_replicas")), name="deployment_min_le_max"
+            ),
+        ]
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.organization.slug}/{self.name}"
+
+    @property
+    def is_transitional(self) -> bool:
+        return self.status in {
+            DeploymentStatus.PENDING,
+            DeploymentStatus.PLACING,
+            DeploymentStatus.STARTING,
+            DeploymentStatus.DEGRADED,
+            DeploymentStatus.DELETING,
+        }
+
+
+class ReplicaStatus(models.TextChoices):
+    PENDING = "pending", "Pending"  # placed (GPUs held), not started yet
+    STARTING = "starting", "Starting"
+    RUNNING = "running", "Running"
+    STOPPING = "stopping", "Stopping"
+    FAILED = "failed", "Failed"
+    STOPPED = "stopped", "Stopped"
+
+
+ACTIVE_REPLICA_STATUSES = (ReplicaStatus.PENDING, ReplicaStatus.STARTING, ReplicaStatus.RUNNING)
+LIVE_REPLICA_STATUSES = (*ACTIVE_REPLICA_STATUSES, ReplicaStatus.STOPPING)
+
+
+class Replica(models.Model):
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="replicas")
+    ordinal = models.PositiveSmallIntegerField()
+    region = models.ForeignKey(Region, on_delete=models.PROTECT, related_name="+")
+    pool = models.ForeignKey(GpuPool, on_delete=models.PROTECT, related_name="replicas")
+    node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="replicas")
+    gpus = models.PositiveSmallIntegerField(help_text="GPUs held on the node; 0 once released.")
+    status = models.CharField(
+        max_length=16, choices=ReplicaStatus.choices, default=ReplicaStatus.PENDING
+    )
+    handle = models.CharField(max_length=128, blank=True, help_text="The driver's runtime id.")
+    url = models.CharField(max_length=255, blank=True)
+    health_failures = models.PositiveSmallIntegerField(default=0)
+    exit_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    ready_at = models.DateTimeField(null=True, blank=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            # Two reconcilers can never both fill the same slot.
+            models.UniqueConstraint(
+                fields=["deployment", "ordinal"],
+                condition=Q(status__in=["pending", "starting", "running", "stopping"]),
+                name="replica_slot_unique_while_live",
+            )
+        ]
+        ordering = ["deployment_id", "ordinal", "-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.deployment} #{self.ordinal}"
+
+    @property
+    def runtime_name(self) -> str:
+        return f"gantry-r{self.pk}"
+
+
+class DeploymentEvent(models.Model):
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="events")
+    replica = models.ForeignKey(
+        Replica, on_delete=models.SET_NULL, null=True, blank=True, related_name="events"
+    )
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    kind = models.CharField(max_length=32)
+    message = models.TextField()
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.at:%H:%M:%S} {self.kind}: {self.message}"

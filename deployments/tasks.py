@@ -1,0 +1,44 @@
+from celery import shared_task
+
+from deployments.drivers import DriverUnavailable
+
+
+@shared_task(
+    acks_late=True,
+    reject_on_worker_lost=True,
+    autoretry_for=(DriverUnavailable,),
+    retry_backoff=True,
+    max_retries=5,
+)
+def reconcile_deployment(deployment_id: int) -> str:
+    from django.conf import settings
+
+    from deployments.services import deployment_reconcile
+
+    result = deployment_reconcile(deployment_id=deployment_id)
+    # Follow a deployment closely while it moves (a replica starting, a short backoff).
+    # Longer waits are the beat sweep's: chaining them too would multiply the tasks.
+    if result.requeue_in is not None and result.requeue_in < settings.RECONCILE_INTERVAL_S:
+        reconcile_deployment.apply_async((deployment_id,), countdown=result.requeue_in)
+    return result.status or ("busy" if result.busy else "")
+
+
+@shared_task(acks_late=True)
+def reconcile_all() -> int:
+    from deployments.services import deployments_needing_reconcile
+
+    ids = deployments_needing_reconcile()
+    for deployment_id in ids:
+        reconcile_deployment.delay(deployment_id)
+    return len(ids)
+
+
+@shared_task(acks_late=True)
+def check_pools() -> int:
+    from deployments.models import GpuPool
+    from deployments.services import pool_check
+
+    pools = list(GpuPool.objects.filter(enabled=True))
+    for pool in pools:
+        pool_check(pool=pool)
+    return len(pools)

@@ -1,0 +1,171 @@
+from django.contrib import messages
+from django.contrib.admin.views.decorators import staff_member_required
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods, require_POST
+
+from deployments import selectors, services
+from deployments.access import access_deployment, access_replica
+from deployments.forms import DeploymentForm, ScaleForm
+from deployments.placement import capacity_by_region_and_type
+from portal.access import require
+from portal.forms import apply_errors
+from portal.roles import can
+from portal.views import org_required
+
+
+@org_required
+def deployment_list(request: HttpRequest) -> HttpResponse:
+    require(request.membership, "deployments.view")
+    deployments = list(selectors.deployment_list(org=request.org))
+    context = {
+        "deployments": deployments,
+        "polling": any(d.is_transitional for d in deployments),
+        "may_manage": can(request.membership.role, "deployments.manage"),
+    }
+    template = "deployments/deployment_list.html"
+    if request.htmx and request.GET.get("partial") == "table":
+        template += "#deployment-table"
+    return render(request, template, context)
+
+
+@org_required
+@require_http_methods(["GET", "POST"])
+def deployment_create(request: HttpRequest) -> HttpResponse:
+    require(request.membership, "deployments.manage")
+    form = DeploymentForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            deployment = services.deployment_create(
+                organization=request.org, user=request.user, **form.service_kwargs()
+            )
+        except ValidationError as exc:
+            apply_errors(form, _form_errors(exc))
+        else:
+            messages.success(request, f"Deployment {deployment.name} created.")
+            return redirect("deployments:detail", pk=deployment.pk)
+    return render(request, "deployments/deployment_form.html", {"form": form})
+
+
+def _form_errors(exc: ValidationError) -> ValidationError:
+    """The form asks for regions as three choices; show region errors on the first."""
+    if hasattr(exc, "error_dict") and "regions" in exc.error_dict:
+        errors = exc.message_dict
+        errors["region_1"] = errors.pop("regions")
+        return ValidationError(errors)
+    return exc
+
+
+def _detail_context(request: HttpRequest, deployment) -> dict:
+    deployment = access_deployment(request.org, deployment.pk)
+    replicas = list(
+        deployment.replicas.filter(status__in=["pending", "starting", "running", "stopping"])
+        .select_related("region", "pool", "node")
+        .order_by("ordinal")
+    )
+    deployment.live_replicas = replicas
+    return {
+        "deployment": deployment,
+        "replicas": replicas,
+        "history": selectors.replica_history(deployment=deployment, limit=10),
+        "events": list(selectors.deployment_events(deployment=deployment)[:60]),
+        "endpoint": selectors.endpoint_of(deployment),
+        "may_manage": can(request.membership.role, "deployments.manage"),
+        "scale_form": ScaleForm(initial={"replicas": deployment.desired_replicas}),
+    }
+
+
+@org_required
+def deployment_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    require(request.membership, "deployments.view")
+    deployment = access_deployment(request.org, pk)
+    template = "deployments/deployment_detail.html"
+    if request.htmx and request.GET.get("partial") == "live":
+        template += "#live"
+    return render(request, template, _detail_context(request, deployment))
+
+
+def _after_action(request: HttpRequest, deployment) -> HttpResponse:
+    if request.htmx:
+        response = render(
+            request, "deployments/deployment_detail.html#live", _detail_context(request, deployment)
+        )
+        return response
+    return redirect("deployments:detail", pk=deployment.pk)
+
+
+@org_required
+@require_POST
+def deployment_scale(request: HttpRequest, pk: int) -> HttpResponse:
+    deployment = access_deployment(request.org, pk)
+    require(request.membership, "deployments.manage")
+    form = ScaleForm(request.POST)
+    try:
+        if not form.is_valid():
+            raise ValidationError({"replicas": "Give a whole number, 0 or more."})
+        before = deployment.desired_replicas
+        deployment = services.deployment_scale(
+            deployment=deployment, replicas=form.cleaned_data["replicas"]
+        )
+        if deployment.desired_replicas < before:
+            services.deployment_settle(deployment=deployment)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    return _after_action(request, deployment)
+
+
+@org_required
+@require_POST
+def deployment_stop(request: HttpRequest, pk: int) -> HttpResponse:
+    deployment = access_deployment(request.org, pk)
+    require(request.membership, "deployments.manage")
+    services.deployment_stop(deployment=deployment)
+    services.deployment_settle(deployment=deployment)
+    return _after_action(request, deployment)
+
+
+@org_required
+@require_POST
+def deployment_start(request: HttpRequest, pk: int) -> HttpResponse:
+    deployment = access_deployment(request.org, pk)
+    require(request.membership, "deployments.manage")
+    services.deployment_start(deployment=deployment)
+    return _after_action(request, deployment)
+
+
+@org_required
+@require_POST
+def deployment_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    deployment = access_deployment(request.org, pk)
+    require(request.membership, "deployments.manage")
+    services.deployment_delete(deployment=deployment)
+    services.deployment_settle(deployment=deployment)
+    messages.success(request, f"Deleted {deployment.name}; its GPUs are released.")
+    if request.htmx:
+        response = HttpResponse(status=204)
+        response["HX-Redirect"] = "/deployments/"
+        return response
+    return redirect("deployments:list")
+
+
+@org_required
+def replica_logs(request: HttpRequest, pk: int, replica_pk: int) -> HttpResponse:
+    require(request.membership, "deployments.view")
+    replica = access_replica(request.org, pk, replica_pk)
+    return render(
+        request,
+        "deployments/replica_logs.html",
+        {"replica": replica, "log": services.replica_logs(replica=replica, tail=200)},
+    )
+
+
+@staff_member_required
+def capacity(request: HttpRequest) -> HttpResponse:
+    rows = capacity_by_region_and_type()
+    totals = {k: sum(r[k] for r in rows) for k in ("total", "allocated", "free")}
+    return render(
+        request,
+        "deployments/capacity.html",
+        {"rows": rows, "totals": totals, "regions": selectors.region_list()},
+    )
