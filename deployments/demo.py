@@ -4,6 +4,7 @@ by the local driver, and a deployment of the tiny random-weight demo model."""
 import os
 
 from deployments.engines import DEMO_MODEL_REF
+from deployments.gpu_types import ensure_gpu_types
 from deployments.models import Deployment, Driver, GpuPool, GpuType, Node, Region
 from deployments.services import deployment_create
 
@@ -11,6 +12,7 @@ DEMO_DEPLOYMENT = "tiny-demo"
 
 
 def load_demo_inventory(*, org, user, deployment: bool = True) -> list[str]:
+    ensure_gpu_types()
     region, _ = Region.objects.get_or_create(
         code="local",
         defaults={

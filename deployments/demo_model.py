@@ -5,6 +5,8 @@ route, complete, meter — runs on any CPU in seconds. Its answers are noise: it
 trained. It is labelled as such everywhere it appears.
 """
 
+import os
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +56,8 @@ def write_demo_gguf(path: Path, seed: int = 0) -> Path:
     if path.exists() and path.stat().st_size > 0:
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    # Unique per writer: concurrent first starts each write their own, then one wins.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     rng = np.random.default_rng(seed)
     tokens, scores, types = _vocab()
     n_vocab = len(tokens)
@@ -103,5 +106,5 @@ def write_demo_gguf(path: Path, seed: int = 0) -> Path:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    tmp.rename(path)
+    os.replace(tmp, path)
     return path

@@ -486,6 +486,7 @@ class _Pass:
         slots = [i for i in range(target + len(used)) if i not in used][:missing]
         if d.status not in {DeploymentStatus.RUNNING, DeploymentStatus.DEGRADED}:
             Deployment.objects.filter(pk=d.pk).update(status=DeploymentStatus.PLACING)
+            d.status = DeploymentStatus.PLACING
         for ordinal in slots:
             try:
                 with transaction.atomic():

@@ -50,6 +50,19 @@ def _fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def _reference_data(request):
+    """Reference rows a data migration provides (flushed by transactional tests)."""
+    if request.node.get_closest_marker("django_db") or {"db", "transactional_db"} & set(
+        request.fixturenames
+    ):
+        from deployments.gpu_types import ensure_gpu_types
+
+        request.getfixturevalue("django_db_blocker")
+        with request.getfixturevalue("django_db_blocker").unblock():
+            ensure_gpu_types()
+
+
 @pytest.fixture
 def make_user(db):
     counter = {"n": 0}
@@ -174,8 +187,12 @@ def celery_worker(transactional_db, tmp_path):
     _reset_celery_routing(app)
     mail_dir = tmp_path / "mail"
     log_path = tmp_path / "worker.log"
+    from django.conf import settings as dj_settings
+
     env = {
         **os.environ,
+        "VAR_DIR": str(dj_settings.VAR_DIR),
+        "SECRET_KEY": dj_settings.SECRET_KEY,
         "DATABASE_URL": database_url_for_subprocess(),
         "CELERY_BROKER_URL": broker,
         "CELERY_TASK_DEFAULT_QUEUE": queue,

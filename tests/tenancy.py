@@ -86,3 +86,67 @@ register("portal:org_switch", ("POST",), _org_slug)
 register("api:apikey-detail", ("GET", "DELETE"), _api_key, api=True)
 register("api:member-detail", ("GET", "PATCH", "DELETE"), _membership, api=True)
 register("api:invitation-detail", ("DELETE",), _invitation, api=True)
+
+
+# --- deployments ----------------------------------------------------------------------
+
+
+def _deployment(org: Organization, member):
+    from deployments.models import Deployment, GpuType
+
+    d = Deployment.objects.create(
+        organization=org,
+        name=f"victim-{Deployment.objects.count()}",
+        model_ref="demo:tiny-random-llama",
+        gpu_type=GpuType.objects.get(code="cpu"),
+        regions=["local"],
+    )
+    return {"pk": d.pk}, d
+
+
+def _replica(org: Organization, member):
+    from deployments.models import Driver, GpuPool, GpuType, Node, Region, Replica
+
+    kwargs, d = _deployment(org, member)
+    region, _ = Region.objects.get_or_create(code="victim-region", defaults={"name": "v"})
+    pool, _ = GpuPool.objects.get_or_create(
+        region=region,
+        name="p",
+        defaults={"driver": Driver.LOCAL, "gpu_type": GpuType.objects.get(code="cpu")},
+    )
+    node, _ = Node.objects.get_or_create(pool=pool, name="n", defaults={"gpus_total": 1})
+    r = Replica.objects.create(
+        deployment=d,
+        ordinal=0,
+        region=region,
+        pool=pool,
+        node=node,
+        gpus=0,
+        status="stopped",
+        handle="gantry-r999999",
+    )
+    return {"pk": d.pk, "replica_pk": r.pk}, d
+
+
+for _name in (
+    "deployments:detail",
+    "deployments:scale",
+    "deployments:stop",
+    "deployments:start",
+    "deployments:delete",
+):
+    register(_name, ("GET",) if _name == "deployments:detail" else ("POST",), _deployment)
+register("deployments:replica_logs", ("GET",), _replica)
+register("api:deployment-detail", ("GET", "DELETE"), _deployment, api=True)
+register("api:deployment-scale", ("POST",), _deployment, api=True)
+register("api:deployment-stop", ("POST",), _deployment, api=True)
+register("api:deployment-start", ("POST",), _deployment, api=True)
+register("api:deployment-events", ("GET",), _deployment, api=True)
+
+
+def _replica_api(org: Organization, member):
+    kwargs, d = _replica(org, member)
+    return {"pk": kwargs["pk"], "replica_id": kwargs["replica_pk"]}, d
+
+
+register("api:deployment-logs", ("GET",), _replica_api, api=True)

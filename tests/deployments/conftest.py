@@ -1,0 +1,103 @@
+import contextlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from deployments.models import Driver, GpuPool, GpuType, Node, Region
+from deployments.services import deployment_reconcile
+
+
+@pytest.fixture(scope="session")
+def replica_var(tmp_path_factory) -> Path:
+    """A VAR_DIR of this test session's own, so replica state never mixes with a
+    developer's `make run` (or an earlier run whose ids the database reuses)."""
+    return tmp_path_factory.mktemp("var")
+
+
+def _kill_all_local_replicas(var: Path) -> None:
+    for meta_path in (var / "replicas").glob("*/gantry-r*/meta.json"):
+        with contextlib.suppress(Exception):
+            pid = json.loads(meta_path.read_text())["pid"]
+            os.killpg(pid, signal.SIGKILL)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_var(settings, replica_var):
+    settings.VAR_DIR = replica_var
+    settings.GANTRY_MODEL_DIRS = [str(replica_var / "models")]
+    yield
+    # Whatever a test started, nothing outlives it.
+    _kill_all_local_replicas(replica_var)
+
+
+def make_region(code: str, name: str = "", lat: float = 0.0, lon: float = 0.0) -> Region:
+    return Region.objects.create(code=code, name=name or code, latitude=lat, longitude=lon)
+
+
+def make_pool(
+    region: Region,
+    name: str,
+    gpu: str,
+    nodes: list[tuple[str, int]],
+    driver: str = Driver.LOCAL,
+    config: dict | None = None,
+    **extra,
+) -> GpuPool:
+    pool = GpuPool.objects.create(
+        region=region,
+        name=name,
+        driver=driver,
+        gpu_type=GpuType.objects.get(code=gpu),
+        config=config or {},
+        **extra,
+    )
+    for node_name, gpus in nodes:
+        Node.objects.create(pool=pool, name=node_name, gpus_total=gpus, address="127.0.0.1")
+    return pool
+
+
+@pytest.fixture
+def local_pool(db):
+    """This machine as a region: a CPU pool run by the local driver, 4 slots."""
+    return make_pool(make_region("local", "This machine"), "cpu", "cpu", [("localhost", 4)])
+
+
+def reconcile_until(deployment, predicate, timeout: float = 90, what: str = "") -> None:
+    """Run real reconcile passes (as the worker would) until ``predicate(deployment)``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        deployment_reconcile(deployment_id=deployment.pk)
+        deployment.refresh_from_db()
+        if predicate(deployment):
+            return
+        time.sleep(0.3)
+    events = "\n".join(str(e) for e in deployment.events.order_by("at", "id"))
+    raise AssertionError(
+        f"timed out waiting for {what or predicate}: status {deployment.status} "
+        f"({deployment.status_reason})\n{events}"
+    )
+
+
+def chat(url: str, text: str = "hello", max_tokens: int = 8) -> dict:
+    import urllib.request
+
+    body = json.dumps(
+        {"messages": [{"role": "user", "content": text}], "max_tokens": max_tokens}
+    ).encode()
+    request = urllib.request.Request(
+        f"{url}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except FileNotFoundError:
+        return False
