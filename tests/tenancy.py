@@ -107,7 +107,7 @@ def _deployment(org: Organization, member):
 def _replica(org: Organization, member):
     from deployments.models import Driver, GpuPool, GpuType, Node, Region, Replica
 
-    kwargs, d = _deployment(org, member)
+    _kwargs, d = _deployment(org, member)
     region, _ = Region.objects.get_or_create(code="victim-region", defaults={"name": "v"})
     pool, _ = GpuPool.objects.get_or_create(
         region=region,

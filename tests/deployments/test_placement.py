@@ -1,3 +1,4 @@
+import contextlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -82,10 +83,8 @@ def test_concurrent_placers_never_over_allocate(org_a, two_regions):
     barrier = threading.Barrier(8)
 
     def place(d):
-        try:
+        with contextlib.suppress(threading.BrokenBarrierError):
             barrier.wait(timeout=10)
-        except threading.BrokenBarrierError:
-            pass
         try:
             with transaction.atomic():
                 place_replica(deployment=d, ordinal=0)
