@@ -71,7 +71,8 @@ def validate_model_ref(engine: str, model_ref: str) -> str:
 def model_file(model_ref: str) -> Path:
     """The local file a llama.cpp replica serves (the demo model is written on demand)."""
     if model_ref == DEMO_MODEL_REF:
-        return write_demo_gguf(Path(settings.VAR_DIR) / "models" / "demo-tiny-random-llama.gguf")
+        folder = Path(settings.GANTRY_MODEL_DIRS[0])
+        return write_demo_gguf(folder / "demo-tiny-random-llama.gguf")
     return Path(model_ref)
 
 

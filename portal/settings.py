@@ -239,8 +239,11 @@ INVITATION_MAX_AGE_DAYS = env.int("INVITATION_MAX_AGE_DAYS", default=7)
 API_KEY_LAST_USED_RESOLUTION_S = env.int("API_KEY_LAST_USED_RESOLUTION_S", default=60)
 
 # --- Deployments ----------------------------------------------------------------------
-# Folders replicas may load model files from (absolute paths, comma-separated).
+# Folders replicas may load model files from (absolute paths, comma-separated); the
+# first also holds the demo model.
 GANTRY_MODEL_DIRS = env.list("GANTRY_MODEL_DIRS", default=[str(VAR_DIR / "models")])
+# Where the local driver keeps each replica's pid, port and log.
+RUNTIME_DIR = Path(env.str("RUNTIME_DIR", default=str(VAR_DIR / "replicas")))
 # Engine images the docker and kubernetes drivers run (production: the engines' own).
 GANTRY_ENGINE_IMAGES = {
     "llama.cpp": env.str("LLAMACPP_IMAGE", default="gantry/llamacpp:0.3.36"),

@@ -191,7 +191,8 @@ def celery_worker(transactional_db, tmp_path):
 
     env = {
         **os.environ,
-        "VAR_DIR": str(dj_settings.VAR_DIR),
+        "RUNTIME_DIR": str(dj_settings.RUNTIME_DIR),
+        "GANTRY_MODEL_DIRS": ",".join(dj_settings.GANTRY_MODEL_DIRS),
         "SECRET_KEY": dj_settings.SECRET_KEY,
         "DATABASE_URL": database_url_for_subprocess(),
         "CELERY_BROKER_URL": broker,

@@ -2,7 +2,7 @@
 
 Processes are started detached (their own session, re-parented away from the worker),
 so a worker restart neither kills them nor leaves zombies; each runtime keeps a small
-state folder (pid, port, log) under VAR_DIR/replicas/<pool>/<name>. A process is only
+state folder (pid, port, log) under RUNTIME_DIR/<pool>/<name>. A process is only
 trusted as "ours" when its environment carries the replica's name, so a recycled pid
 is never mistaken for a replica.
 """
@@ -54,7 +54,7 @@ def _proc_is(pid: int, name: str) -> bool:
 class LocalDriver(PoolDriver):
     def __init__(self, pool):
         super().__init__(pool)
-        self.root = Path(settings.VAR_DIR) / "replicas" / str(pool.pk)
+        self.root = Path(settings.RUNTIME_DIR) / str(pool.pk)
 
     # --- helpers ---------------------------------------------------------------------
 
@@ -64,10 +64,23 @@ class LocalDriver(PoolDriver):
         return self.root / handle
 
     def _meta(self, handle: str) -> dict | None:
+        rundir = self._dir(handle)
         try:
-            return json.loads((self._dir(handle) / "meta.json").read_text())
+            meta = json.loads((rundir / "meta.json").read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return None
+        if not meta.get("pid"):
+            # Launched, but the launcher died before recording the pid: the engine wrote
+            # it itself, so the process is still found (and adopted or stopped).
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                meta["pid"] = int((rundir / "pid").read_text().strip())
+        return meta
+
+    def _write_meta(self, handle: str, meta: dict) -> None:
+        rundir = self._dir(handle)
+        tmp = rundir / f"meta.json.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(meta))
+        tmp.replace(rundir / "meta.json")
 
     def _alive(self, handle: str, meta: dict | None) -> bool:
         return bool(meta and meta.get("pid") and _proc_is(meta["pid"], handle))
@@ -103,6 +116,11 @@ class LocalDriver(PoolDriver):
             args=spec.engine_args,
             python=sys.executable,
         )
+        url = f"http://{host}:{port}"
+        # Written before the launch, so a crash at any later point leaves a findable trail.
+        self._write_meta(
+            spec.name, {"pid": None, "port": port, "url": url, "cmd": cmd, "started": time.time()}
+        )
         env = {**os.environ, MARKER: spec.name, "PYTHONUNBUFFERED": "1"}
         # setsid -f forks into a new session and returns at once: the engine is then no
         # child of this worker. The shell records its pid, then becomes the engine.
@@ -125,11 +143,9 @@ class LocalDriver(PoolDriver):
             pid = int(pidfile.read_text().strip())
         except (FileNotFoundError, ValueError) as exc:
             raise DriverError("the engine process did not start") from exc
-        url = f"http://{host}:{port}"
-        meta = {"pid": pid, "port": port, "url": url, "cmd": cmd, "started": time.time()}
-        tmp = rundir / "meta.json.tmp"
-        tmp.write_text(json.dumps(meta))
-        tmp.replace(rundir / "meta.json")
+        self._write_meta(
+            spec.name, {"pid": pid, "port": port, "url": url, "cmd": cmd, "started": time.time()}
+        )
         return Started(handle=spec.name, url=url)
 
     def status(self, handle: str) -> RuntimeStatus:
@@ -158,9 +174,8 @@ class LocalDriver(PoolDriver):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
         meta["stopped"] = True
-        path = self._dir(handle) / "meta.json"
-        if path.parent.exists():
-            path.write_text(json.dumps(meta))
+        if self._dir(handle).exists():
+            self._write_meta(handle, meta)
 
     def list(self) -> list[RuntimeInfo]:
         found = []

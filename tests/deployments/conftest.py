@@ -13,21 +13,20 @@ from deployments.services import deployment_reconcile
 
 @pytest.fixture(scope="session")
 def replica_var(tmp_path_factory) -> Path:
-    """A VAR_DIR of this test session's own, so replica state never mixes with a
-    developer's `make run` (or an earlier run whose ids the database reuses)."""
+    """Runtime and model folders of this test session's own, so replica state never mixes
+    with a developer's `make run` (or an earlier run whose ids the database reuses)."""
     return tmp_path_factory.mktemp("var")
 
 
 def _kill_all_local_replicas(var: Path) -> None:
-    for meta_path in (var / "replicas").glob("*/gantry-r*/meta.json"):
+    for pidfile in (var / "replicas").glob("*/gantry-r*/pid"):
         with contextlib.suppress(Exception):
-            pid = json.loads(meta_path.read_text())["pid"]
-            os.killpg(pid, signal.SIGKILL)
+            os.killpg(int(pidfile.read_text().strip()), signal.SIGKILL)
 
 
 @pytest.fixture(autouse=True)
 def _isolated_var(settings, replica_var):
-    settings.VAR_DIR = replica_var
+    settings.RUNTIME_DIR = replica_var / "replicas"
     settings.GANTRY_MODEL_DIRS = [str(replica_var / "models")]
     yield
     # Whatever a test started, nothing outlives it.
