@@ -90,6 +90,26 @@ class DockerDriver(PoolDriver):
                 return port
         raise DriverError(f"no free port in {low}-{high} on {host}")
 
+    def _ensure_image(self, client, image: str) -> None:
+        """The image must be on the host; pull it unless the pool says not to
+        (``"pull": false`` for hosts that only run locally built or preloaded images)."""
+        errors, _ = self._errors()
+        try:
+            client.images.get(image)
+            return
+        except errors.ImageNotFound:
+            if not self.config.get("pull", True):
+                raise DriverError(
+                    f"image {image} is not on the Docker host (this pool does not pull)"
+                ) from None
+        try:
+            client.images.pull(image)
+        except errors.APIError as exc:
+            raise DriverError(
+                f"image {image} is not on the Docker host and could not be pulled: "
+                f"{exc.explanation or exc}"
+            ) from exc
+
     def start(self, spec: ReplicaSpec) -> Started:
         errors, conn_error = self._errors()
         from docker.types import DeviceRequest
@@ -107,6 +127,7 @@ class DockerDriver(PoolDriver):
             image = spec.image or default_image(spec.engine)
             if not image:
                 raise DriverError(f"no image configured for engine {spec.engine}")
+            self._ensure_image(client, image)
             host = spec.node_address or "127.0.0.1"
             port = self._pick_port(client, host)
             volumes = {}
