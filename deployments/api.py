@@ -108,6 +108,21 @@ class DeploymentOut(serializers.ModelSerializer):
         return ReplicaOut(replicas, many=True).data
 
 
+class CapacityOut(serializers.Serializer):
+    region = serializers.CharField()
+    region_name = serializers.CharField()
+    gpu_type = serializers.CharField()
+    total = serializers.IntegerField()
+    allocated = serializers.IntegerField()
+    free = serializers.IntegerField()
+
+
+class ReplicaLogOut(serializers.Serializer):
+    replica = serializers.IntegerField()
+    status = serializers.CharField()
+    log = serializers.CharField()
+
+
 class EventOut(serializers.ModelSerializer):
     replica = serializers.IntegerField(source="replica_id", allow_null=True)
 
@@ -153,6 +168,7 @@ def gpu_type_list(request):
     return Response(GpuTypeOut(GpuType.objects.all(), many=True).data)
 
 
+@extend_schema(responses=CapacityOut(many=True))
 @api_view(["GET"])
 def capacity(request):
     """Total, allocated and free GPUs per region and GPU type."""
@@ -236,7 +252,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
 
     @extend_schema(
         parameters=[OpenApiParameter("tail", int, description="lines (default 200)")],
-        responses={200: serializers.DictField()},
+        responses=ReplicaLogOut,
     )
     @action(detail=True, methods=["get"], url_path=r"replicas/(?P<replica_id>\d+)/logs")
     def logs(self, request, pk=None, replica_id=None):

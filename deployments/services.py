@@ -672,3 +672,28 @@ def replica_logs(*, replica: Replica, tail: int = 200) -> str:
         return driver_for(replica.pool).logs(replica.handle, tail=max(1, min(tail, 2000)))
     except DriverError as exc:
         return f"(logs unavailable: {exc})"
+
+
+def local_pools_shutdown(*, why: str = "Gantry on this machine shut down") -> int:
+    """Stop every replica the local driver runs on this machine, releasing its GPUs.
+    Desired state is kept, so the next start brings the replicas back."""
+    stopped = 0
+    for pool in GpuPool.objects.filter(driver="local"):
+        driver = driver_for(pool)
+        live = (
+            Replica.objects.filter(pool=pool, status__in=LIVE_REPLICA_STATUSES)
+            .select_related("deployment", "node")
+            .order_by("pk")
+        )
+        for r in live:
+            if r.handle:
+                driver.stop(r.handle)
+            release_replica_gpus(r.pk)
+            Replica.objects.filter(pk=r.pk).update(
+                status=ReplicaStatus.STOPPED, stopped_at=timezone.now(), exit_reason=why
+            )
+            event(r.deployment, "replica_stopped", f"stopped replica {r.ordinal + 1} ({why})", r)
+            stopped += 1
+        for rt in driver.list():  # anything else still running there
+            driver.stop(rt.handle)
+    return stopped

@@ -1,8 +1,10 @@
 """`make run` smoke: the embedded default starts, serves, and one Ctrl-C stops it all."""
 
+import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 import urllib.request
@@ -75,6 +77,34 @@ def test_make_run_serves_the_portal_and_stops_on_ctrl_c(tmp_path):
             text = log_path.read_text()
             assert "ready." in text and "beat: Starting" in text, text
             assert f"http://127.0.0.1:{port}/" in text and "demo / gantry-demo" in text
+            # The demo model comes up on the local pool, driven by the worker alone.
+            db = tmp_path / "var" / "gantry.sqlite3"
+            deadline = time.monotonic() + 180
+            url = None
+            while time.monotonic() < deadline and url is None:
+                with sqlite3.connect(db, timeout=10) as conn:
+                    row = conn.execute(
+                        "select r.url from deployments_replica r join deployments_deployment d"
+                        " on d.id = r.deployment_id where d.name = 'tiny-demo'"
+                        " and d.status = 'running' and r.status = 'running'"
+                    ).fetchone()
+                url = row[0] if row else None
+                time.sleep(1)
+            assert url, log_path.read_text()
+            engine_pids = [
+                int(p.read_text()) for p in (tmp_path / "var" / "replicas").glob("*/gantry-r*/pid")
+            ]
+            assert engine_pids
+            body = json.dumps(
+                {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+            ).encode()
+            request = urllib.request.Request(
+                f"{url}/v1/chat/completions",
+                data=body,
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=30) as r:
+                assert json.loads(r.read())["usage"]["completion_tokens"] > 0
         finally:
             os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
             try:
@@ -87,3 +117,5 @@ def test_make_run_serves_the_portal_and_stops_on_ctrl_c(tmp_path):
     leftover = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True)
     assert leftover.stdout.strip() == "", leftover.stdout
     assert get(f"http://127.0.0.1:{port}/") == 0
+    # The engine processes (in sessions of their own) were stopped by the same Ctrl-C.
+    assert not [pid for pid in engine_pids if os.path.exists(f"/proc/{pid}")]

@@ -30,6 +30,23 @@ from deployments.drivers.base import (
 from deployments.engines import engine_command, model_file
 
 MARKER = "GANTRY_REPLICA"
+# The only variables an engine inherits. Gantry's own (SECRET_KEY, DATABASE_URL…) must
+# not reach it, and llama.cpp's server reads PORT, HOST and MODEL from the environment,
+# which would override the command line.
+ENGINE_ENV = {
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "TMPDIR",
+    "LD_LIBRARY_PATH",
+    "OMP_NUM_THREADS",
+    "CUDA_VISIBLE_DEVICES",
+    "HF_HOME",
+    "HF_HUB_OFFLINE",
+    "HF_ENDPOINT",
+}
 
 
 def _free_port(host: str) -> int:
@@ -121,7 +138,8 @@ class LocalDriver(PoolDriver):
         self._write_meta(
             spec.name, {"pid": None, "port": port, "url": url, "cmd": cmd, "started": time.time()}
         )
-        env = {**os.environ, MARKER: spec.name, "PYTHONUNBUFFERED": "1"}
+        env = {k: v for k, v in os.environ.items() if k in ENGINE_ENV or k.startswith("OPENBLAS_")}
+        env.update({MARKER: spec.name, "PYTHONUNBUFFERED": "1"})
         # setsid -f forks into a new session and returns at once: the engine is then no
         # child of this worker. The shell records its pid, then becomes the engine.
         launcher = ["setsid", "-f", "sh", "-c", 'echo $$ > "$0"; exec "$@"', str(pidfile), *cmd]

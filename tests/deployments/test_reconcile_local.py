@@ -82,6 +82,10 @@ def test_create_run_complete_delete_with_the_real_worker(
     assert "llama" in logs["log"].lower() or "uvicorn" in logs["log"].lower()
 
     pid = _pid(Replica.objects.get(pk=replica["id"]))
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        engine_env = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+    assert engine_env[b"GANTRY_REPLICA"] == f"gantry-r{replica['id']}".encode()
+    assert not {b"SECRET_KEY", b"DATABASE_URL", b"CELERY_BROKER_URL"} & engine_env.keys()
     assert api.delete(f"/api/v1/deployments/{pk}").status_code == 204
     # Released at once: the delete answered after the stop.
     assert Node.objects.get().gpus_allocated == 0
