@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test lint format bench install install-dev migrate clean
+.PHONY: run test lint format bench install install-dev migrate clean images
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,3 +52,7 @@ bench: install-dev
 
 clean:
 	rm -rf var/celery var/static
+
+## Engine images for the docker driver, built locally (needs a Docker engine).
+images: install
+	bash scripts/build-engine-images.sh
