@@ -209,6 +209,8 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "data_folder_out": str(_queue_dir),
         "processed_folder": str(_processed_dir),
         "store_processed": False,
+        # The folder is polled; a short interval keeps deploys snappy in embedded mode.
+        "polling_interval": 0.1,
     }
 else:
     # Longer than any task may run, so an acks_late task is not redelivered while alive.

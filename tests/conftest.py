@@ -14,6 +14,11 @@ from portal.services import api_key_create, organization_create
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+def pytest_collection_modifyitems(config, items):
+    """Browser tests last: their session-long event loop must not overlap other tests."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)
+
+
 def need(available: bool, what: str) -> None:
     """Skip when a real service is missing — but under CI a missing service is a failure."""
     if available:

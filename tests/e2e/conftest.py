@@ -9,7 +9,12 @@ CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 
 
 @pytest.fixture(scope="session")
-def browser():
+def browser(django_db_setup):
+    # Playwright's sync API keeps an event loop running in this thread for the whole
+    # session; the tests' own ORM calls are synchronous and safe, so Django's async guard
+    # is lifted while the browser lives (browser tests run last, see tests/conftest.py).
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
     need(shutil.which(CHROMIUM) is not None, f"Chromium at {CHROMIUM}")
     from playwright.sync_api import sync_playwright
 
@@ -29,13 +34,14 @@ def browser():
         )
         yield browser
         browser.close()
+    if previous is None:
+        os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    else:
+        os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
 @pytest.fixture
-def page(browser, live_server, monkeypatch):
-    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls
-    # are synchronous and safe, so Django's async guard is lifted for this test only.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+def page(browser, live_server):
     context = browser.new_context(base_url=live_server.url)
     page = context.new_page()
     page.set_default_timeout(20_000)
