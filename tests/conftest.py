@@ -14,6 +14,7 @@ from portal.services import api_key_create, organization_create
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-django's own reordering
 def pytest_collection_modifyitems(config, items):
     """Browser tests last: their session-long event loop must not overlap other tests."""
     items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)

@@ -105,6 +105,7 @@ class LocalDriver(PoolDriver):
     # --- interface -------------------------------------------------------------------
 
     def start(self, spec: ReplicaSpec) -> Started:
+        requested_at = time.time()  # when the start call came in (kept in meta.json)
         meta = self._meta(spec.name)
         if self._alive(spec.name, meta):
             # Started by an earlier attempt that died before recording it: adopt it.
@@ -136,7 +137,8 @@ class LocalDriver(PoolDriver):
         url = f"http://{host}:{port}"
         # Written before the launch, so a crash at any later point leaves a findable trail.
         self._write_meta(
-            spec.name, {"pid": None, "port": port, "url": url, "cmd": cmd, "started": time.time()}
+            spec.name,
+            {"pid": None, "port": port, "url": url, "cmd": cmd, "requested_at": requested_at},
         )
         env = {k: v for k, v in os.environ.items() if k in ENGINE_ENV or k.startswith("OPENBLAS_")}
         env.update({MARKER: spec.name, "PYTHONUNBUFFERED": "1"})
@@ -162,7 +164,8 @@ class LocalDriver(PoolDriver):
         except (FileNotFoundError, ValueError) as exc:
             raise DriverError("the engine process did not start") from exc
         self._write_meta(
-            spec.name, {"pid": pid, "port": port, "url": url, "cmd": cmd, "started": time.time()}
+            spec.name,
+            {"pid": pid, "port": port, "url": url, "cmd": cmd, "requested_at": requested_at},
         )
         return Started(handle=spec.name, url=url)
 
