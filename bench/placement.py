@@ -1,13 +1,14 @@
 """Placement throughput and decision time on PostgreSQL.
 
-Inventory: 5 regions × 400 nodes × 8 GPUs (2,000 nodes, 16,000 GPUs). 8 placers run at
-once, each placing replicas of 1, 2, 4 or 8 GPUs with 1–3 preferred regions, until the
-inventory is nearly full. Side by side in the same run:
+Inventory: 5 regions × 400 nodes × 8 GPUs (2,000 nodes, 16,000 GPUs). 8 placer processes
+(as Celery workers would be) run at once, each placing replicas of 1, 2, 4 or 8 GPUs with
+1–3 preferred regions, 3,000 placements in all. Side by side in the same run:
 
-* gantry   — deployments.placement.place_replica: candidates ordered in SQL, each hold a
-             conditional UPDATE (no explicit locks).
+* gantry   — deployments.placement.place_replica: one prepared statement that picks the
+             best node nobody else is deciding on (FOR UPDATE SKIP LOCKED), holds its
+             GPUs with a conditional UPDATE and writes the replica.
 * baseline — the common pessimistic way: lock every candidate node (SELECT … FOR
-             UPDATE), choose in Python, update.
+             UPDATE), choose in Python, update, insert, commit.
 
 Both are checked afterwards: a node whose allocation exceeds its size, or differs from
 the replicas that hold it, counts as an over-allocation.
@@ -15,7 +16,6 @@ the replicas that hold it, counts as an over-allocation.
 
 import random
 import statistics
-import threading
 import time
 
 from _setup import django_on_postgres, percentile
@@ -120,61 +120,60 @@ def baseline_place(deployment, ordinal):
     )
 
 
-def run(variant: str, deployments) -> dict:
+def _placer(variant: str, deployments, jobs, out) -> None:
+    """One placer process: takes (deployment index, ordinal) jobs until told to stop."""
     from django.db import connection, transaction
 
     from deployments.placement import Unschedulable, place_replica
 
-    place = (
-        place_replica
-        if variant == "gantry"
-        else (lambda deployment, ordinal: baseline_place(deployment, ordinal))
-    )
-    reset()
-    lock = threading.Lock()
-    state = {"next": 0, "done": 0}
-    timings: list[float] = []
-    unschedulable = [0]
-    ordinals: dict[int, int] = {}
-
-    def worker(index: int):
-        mine: list[float] = []
+    connection.close()  # never share the parent's connection across fork
+    timings, unschedulable = [], 0
+    while (job := jobs.get()) is not None:
+        d = deployments[job[0]]
+        start = time.perf_counter()
         try:
-            while True:
-                with lock:
-                    if state["done"] >= TARGET:
-                        break
-                    d = deployments[state["next"] % len(deployments)]
-                    state["next"] += 1
-                    ordinal = ordinals.get(d.pk, 0)
-                    ordinals[d.pk] = ordinal + 1
-                    state["done"] += 1
-                start = time.perf_counter()
-                try:
-                    with transaction.atomic():
-                        if variant == "gantry":
-                            place(deployment=d, ordinal=ordinal)
-                        else:
-                            place(d, ordinal)
-                except Unschedulable:
-                    with lock:
-                        unschedulable[0] += 1
-                mine.append(time.perf_counter() - start)
-        finally:
-            connection.close()
-            with lock:
-                timings.extend(mine)
+            if variant == "gantry":
+                place_replica(deployment=d, ordinal=job[1])  # atomic on its own
+            else:
+                with transaction.atomic():
+                    baseline_place(d, job[1])
+        except Unschedulable:
+            unschedulable += 1
+        timings.append(time.perf_counter() - start)
+    connection.close()
+    out.put((timings, unschedulable))
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(PLACERS)]
+
+def run(variant: str, deployments) -> dict:
+    import multiprocessing as mp
+
+    from django.db import connection
+
+    reset()
+    connection.close()
+    ctx = mp.get_context("fork")  # placers are processes, as Celery workers are
+    jobs, out = ctx.Queue(), ctx.Queue()
+    ordinals: dict[int, int] = {}
+    for i in range(TARGET):
+        index = i % len(deployments)
+        ordinals[index] = ordinals.get(index, -1) + 1
+        jobs.put((index, ordinals[index]))
+    for _ in range(PLACERS):
+        jobs.put(None)
+    procs = [
+        ctx.Process(target=_placer, args=(variant, deployments, jobs, out)) for _ in range(PLACERS)
+    ]
     started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    for p in procs:
+        p.start()
+    results = [out.get() for _ in procs]
     wall = time.perf_counter() - started
+    for p in procs:
+        p.join()
+    timings = [t for r in results for t in r[0]]
     return {
         "placements": len(timings),
-        "unschedulable": unschedulable[0],
+        "unschedulable": sum(r[1] for r in results),
         "per_s": len(timings) / wall,
         "p50_ms": percentile(timings, 50) * 1000,
         "p99_ms": percentile(timings, 99) * 1000,

@@ -1,10 +1,13 @@
 """Placement: filter the nodes a replica may go to, score them, and hold GPUs atomically.
 
-Holding GPUs is one conditional UPDATE per attempt ("add n where allocated + n <= total"),
-so under any number of concurrent placers a node is never over-allocated: the database
-re-checks the condition under the row lock. A CHECK constraint backs it up.
+The chosen node is locked (SKIP LOCKED, so placers spread over nodes instead of queueing
+for one) and its GPUs are held with a conditional UPDATE ("add n where allocated + n <=
+total"): under any number of concurrent placers a node is never over-allocated. A CHECK
+constraint backs it up.
 """
 
+import psycopg
+from django.db import connection, transaction
 from django.db.models import Case, F, IntegerField, Sum, Value, When
 from django.db.models.functions import Coalesce
 
@@ -18,9 +21,6 @@ from deployments.models import (
     ReplicaStatus,
 )
 
-# Candidates fetched per attempt. Losing a race on one node moves on to the next.
-CANDIDATES = 12
-
 
 class Unschedulable(Exception):
     def __init__(self, reason: str):
@@ -28,7 +28,7 @@ class Unschedulable(Exception):
         self.reason = reason
 
 
-def _candidates(deployment: Deployment, exclude: set[int]):
+def _candidates(deployment: Deployment):
     n = deployment.gpus_per_replica
     rank = Case(
         *[
@@ -48,39 +48,146 @@ def _candidates(deployment: Deployment, exclude: set[int]):
             healthy=True,
             gpus_allocated__lte=F("gpus_total") - n,
         )
-        .exclude(pk__in=exclude)
         .annotate(rank=rank, price=price, free=F("gpus_total") - F("gpus_allocated"))
         # Preferred region first, then the cheaper pool, then the node with the most
         # room (spreads load and keeps big holes for big replicas elsewhere).
         .order_by("rank", "price", "-free", "pk")
-        .values_list("pk", "pool_id", "pool__region_id")[:CANDIDATES]
+        .values_list("pk", "pool_id", "pool__region_id")
     )
 
 
 def place_replica(*, deployment: Deployment, ordinal: int) -> Replica:
-    """Hold GPUs on the best node and record the replica there. Call inside a transaction:
-    if the replica row cannot be written, the hold rolls back with it."""
+    """Hold GPUs on the best node and record the replica there, atomically: if the replica
+    row cannot be written (say a concurrent pass filled the slot: IntegrityError), the
+    hold is undone with it. On PostgreSQL this is one statement; elsewhere a transaction.
+
+    Concurrent placers do not queue behind one another for the same "best" node: each
+    takes the best node nobody else is deciding on right now (FOR UPDATE SKIP LOCKED).
+    Only when every fitting node is being decided on does a placer wait for one.
+    """
+    if connection.vendor == "postgresql":
+        return _place_postgres(deployment=deployment, ordinal=ordinal)
+    return _place_portable(deployment=deployment, ordinal=ordinal)
+
+
+# One round trip on PostgreSQL: choose and lock the node, hold its GPUs, write the
+# replica. Same filter and order as _candidates(); the ORM version below is the
+# reference (and what SQLite runs), and the tests run both on PostgreSQL.
+_PLACE_SQL = """
+WITH pools AS (
+    SELECT p.id, p.region_id,
+           array_position(%(regions)s::text[], r.code::text) AS rank,
+           COALESCE(p.price_per_hour_cents, %(type_price)s) AS price
+    FROM deployments_gpupool p
+    JOIN deployments_region r ON r.id = p.region_id
+    WHERE r.code = ANY(%(regions)s::text[]) AND r.enabled AND p.gpu_type_id = %(gpu_type)s
+      AND p.enabled AND p.healthy
+), best AS (
+    -- The most preferred, then cheapest, group of pools that has room at all: only its
+    -- nodes are ranked below.
+    SELECT rank, price FROM pools
+    WHERE EXISTS (
+        SELECT 1 FROM deployments_node n
+        WHERE n.pool_id = pools.id AND n.healthy AND n.gpus_allocated <= n.gpus_total - %(n)s
+    )
+    ORDER BY rank, price
+    LIMIT 1
+), pick AS (
+    SELECT n.id, n.pool_id, pools.region_id
+    FROM deployments_node n
+    JOIN pools ON pools.id = n.pool_id
+    JOIN best ON best.rank = pools.rank AND best.price = pools.price
+    WHERE n.healthy AND n.gpus_allocated <= n.gpus_total - %(n)s
+    ORDER BY n.gpus_total - n.gpus_allocated DESC, n.id
+    LIMIT 1
+    FOR UPDATE OF n {skip}
+), held AS (
+    UPDATE deployments_node n SET gpus_allocated = n.gpus_allocated + %(n)s
+    FROM pick
+    WHERE n.id = pick.id AND n.gpus_allocated <= n.gpus_total - %(n)s
+    RETURNING n.id AS node_id, pick.pool_id, pick.region_id
+)
+INSERT INTO deployments_replica
+    (deployment_id, ordinal, region_id, pool_id, node_id, gpus, status, handle, url,
+     health_failures, exit_reason, created_at)
+SELECT %(deployment)s, %(ordinal)s, region_id, pool_id, node_id, %(n)s, 'pending', '', '',
+       0, '', now()
+FROM held
+RETURNING id, region_id, pool_id, node_id, created_at
+"""
+
+
+def _place_postgres(*, deployment: Deployment, ordinal: int) -> Replica:
     n = deployment.gpus_per_replica
-    tried: set[int] = set()
-    while True:
-        candidates = list(_candidates(deployment, tried))
-        if not candidates:
-            raise Unschedulable(explain_unschedulable(deployment))
-        for node_id, pool_id, region_id in candidates:
-            tried.add(node_id)
-            held = Node.objects.filter(
-                pk=node_id, healthy=True, gpus_allocated__lte=F("gpus_total") - n
-            ).update(gpus_allocated=F("gpus_allocated") + n)
-            if held:
-                return Replica.objects.create(
-                    deployment=deployment,
-                    ordinal=ordinal,
-                    region_id=region_id,
-                    pool_id=pool_id,
-                    node_id=node_id,
-                    gpus=n,
-                    status=ReplicaStatus.PENDING,
-                )
+    params = {
+        "regions": list(deployment.regions),
+        "gpu_type": deployment.gpu_type_id,
+        "type_price": deployment.gpu_type.price_per_hour_cents,
+        "n": n,
+        "deployment": deployment.pk,
+        "ordinal": ordinal,
+    }
+    connection.ensure_connection()
+    raw = connection.connection
+    if raw.prepare_threshold is None:
+        # Django turns prepared statements off for its client-side-binding cursors; they
+        # are unaffected by this, and only statements asked with prepare=True get one.
+        raw.prepare_threshold = 2**31 - 1
+    for skip in ("SKIP LOCKED", ""):
+        # A server-side prepared statement on this connection (Django's own cursors bind
+        # on the client and re-plan every time): planning was a third of the cost.
+        with psycopg.Cursor(raw) as cursor:
+            cursor.execute(_PLACE_SQL.format(skip=skip), params, prepare=True)
+            row = cursor.fetchone()
+        if row is not None:
+            pk, region_id, pool_id, node_id, created_at = row
+            replica = Replica(
+                pk=pk,
+                deployment=deployment,
+                ordinal=ordinal,
+                region_id=region_id,
+                pool_id=pool_id,
+                node_id=node_id,
+                gpus=n,
+                status=ReplicaStatus.PENDING,
+                created_at=created_at,
+            )
+            replica._state.adding = False
+            return replica
+    # Either nothing fits, or the preferred group filled up while this placer waited:
+    # the portable path looks again from scratch (and explains when nothing fits).
+    return _place_portable(deployment=deployment, ordinal=ordinal)
+
+
+@transaction.atomic
+def _place_portable(*, deployment: Deployment, ordinal: int) -> Replica:
+    n = deployment.gpus_per_replica
+    for skip_locked in (True, False):
+        # SQLite has no row locks (its writers are serialized whole); the clause is a no-op.
+        row = (
+            _candidates(deployment).select_for_update(skip_locked=skip_locked, of=("self",)).first()
+        )
+        if row is None and skip_locked:
+            continue  # nothing free, or all of it locked: look again, waiting this time
+        if row is None:
+            break
+        node_id, pool_id, region_id = row
+        # The row is locked and was re-checked under the lock; the condition stays as a
+        # second guard (and is what protects databases without row locks).
+        held = Node.objects.filter(pk=node_id, gpus_allocated__lte=F("gpus_total") - n).update(
+            gpus_allocated=F("gpus_allocated") + n
+        )
+        if held:
+            return Replica.objects.create(
+                deployment=deployment,
+                ordinal=ordinal,
+                region_id=region_id,
+                pool_id=pool_id,
+                node_id=node_id,
+                gpus=n,
+                status=ReplicaStatus.PENDING,
+            )
+    raise Unschedulable(explain_unschedulable(deployment))
 
 
 def explain_unschedulable(deployment: Deployment) -> str:

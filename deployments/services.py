@@ -489,8 +489,7 @@ class _Pass:
             d.status = DeploymentStatus.PLACING
         for ordinal in slots:
             try:
-                with transaction.atomic():
-                    r = place_replica(deployment=d, ordinal=ordinal)
+                r = place_replica(deployment=d, ordinal=ordinal)
             except Unschedulable as exc:
                 self.unschedulable = exc.reason
                 self.requeue(settings.RECONCILE_INTERVAL_S)

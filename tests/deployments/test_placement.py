@@ -9,6 +9,7 @@ from deployments.engines import DEMO_MODEL_REF
 from deployments.models import Deployment, DeploymentStatus, Node, Replica
 from deployments.placement import (
     Unschedulable,
+    _place_portable,
     live_replica_gpus_by_node,
     place_replica,
 )
@@ -75,8 +76,12 @@ def test_reconcile_leaves_an_unschedulable_deployment_pending_with_the_reason(or
 
 
 @pytest.mark.django_db(transaction=True)
-def test_concurrent_placers_never_over_allocate(org_a, two_regions):
-    """24 threads race for 10 GPUs (two 1-GPU nodes and one 8-GPU node)."""
+@pytest.mark.parametrize(
+    "place_replica", [place_replica, _place_portable], ids=["native", "portable"]
+)
+def test_concurrent_placers_never_over_allocate(place_replica, org_a, two_regions):
+    """24 threads race for 10 GPUs (two 1-GPU nodes and one 8-GPU node), through the
+    database's native path (one statement on PostgreSQL) and the portable ORM path."""
     deployments = [
         _deployment(org_a, f"race-{i}", regions=("us-east", "eu-west")) for i in range(24)
     ]
