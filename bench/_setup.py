@@ -23,6 +23,7 @@ def django_on_postgres() -> str:
         if not exists:
             conn.execute(f'create database "{parsed.path.lstrip("/")}"')
     os.environ["DATABASE_URL"] = url
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
     sys.path.insert(0, str(ROOT))
     import django

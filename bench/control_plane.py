@@ -37,6 +37,7 @@ def redis_up() -> bool:
 def main():
     tmp = Path(tempfile.mkdtemp(prefix="gantry-bench-"))
     os.environ["VAR_DIR"] = str(tmp)
+    os.environ["ALLOWED_HOSTS"] = "testserver,127.0.0.1"
     os.environ["CELERY_TASK_DEFAULT_QUEUE"] = f"bench-{os.getpid()}"
     broker = "redis://127.0.0.1:6379/0" if redis_up() else "filesystem://"
     os.environ["CELERY_BROKER_URL"] = broker
@@ -115,7 +116,7 @@ def main():
             },
             format="json",
         )
-        assert response.status_code == 201, response.content
+        assert response.status_code == 201, (response.status_code, response.content[:300])
         pk = response.json()["id"]
         if not queued:
             deployment_reconcile(deployment_id=pk)

@@ -222,6 +222,28 @@ def test_reconciler_killed_mid_way_leaves_no_duplicate_and_no_leak(kill_at, org_
 
 
 @pytest.mark.django_db(transaction=True)
+def test_celery_worker_killed_mid_reconcile_leaves_no_duplicate_and_no_leak(
+    celery_worker, org_a, local_pool
+):
+    d = _demo(org_a, name="kill-worker")  # enqueued on commit; the worker starts on it
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not d.replicas.exists():
+        time.sleep(0.002)
+    celery_worker.proc.send_signal(signal.SIGKILL)  # mid-pass: placed, maybe started
+    celery_worker.proc.wait()
+    assert d.replicas.exists()
+    reconcile_until(d, lambda d: d.status == "running", what="running after the kill")
+    deployment_reconcile(deployment_id=d.pk)
+    assert d.replicas.filter(status__in=LIVE).count() == 1
+    assert Node.objects.get().gpus_allocated == 1
+    _assert_books_balance()
+    pool_check(pool=local_pool)
+    assert [rt.replica_id for rt in driver_for(local_pool).list()] == [
+        d.replicas.get(status="running").pk
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
 def test_orphan_runtime_is_stopped_by_the_pool_check(org_a, local_pool):
     d = _demo(org_a)
     reconcile_until(d, lambda d: d.status == "running", what="running")
