@@ -173,6 +173,10 @@ class Deployment(models.Model):
         return f"{self.organization.slug}/{self.name}"
 
     @property
+    def is_demo_model(self) -> bool:
+        return self.model_ref.startswith("demo:")
+
+    @property
     def is_transitional(self) -> bool:
         return self.status in {
             DeploymentStatus.PENDING,

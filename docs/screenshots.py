@@ -24,6 +24,9 @@ PAGES = [
     ("dashboard.png", "/"),
     ("api-keys.png", "/keys/"),
     ("members.png", "/members/"),
+    ("deployments.png", "/deployments/"),
+    ("deployment.png", None),  # the demo deployment's own page, once it runs
+    ("capacity.png", "/capacity/"),
 ]
 
 
@@ -36,7 +39,12 @@ def main() -> None:
         page.get_by_label("Password").fill("gantry-demo")
         page.locator("main form").get_by_role("button", name="Sign in").click()
         for name, path in PAGES:
-            page.goto(path)
+            if path is None:
+                page.goto("/deployments/")
+                page.get_by_role("link", name="tiny-demo").click()
+                page.get_by_test_id("status").get_by_text("running").wait_for(timeout=120_000)
+            else:
+                page.goto(path)
             if name == "api-keys.png":
                 page.get_by_label("Key name").fill("notebook")
                 page.get_by_role("button", name="Create key").click()
