@@ -48,6 +48,16 @@ def validate_model_ref(engine: str, model_ref: str) -> str:
         return model_ref
     if engine == "llama.cpp":
         path = Path(model_ref)
+        if not path.is_absolute() and "/" not in model_ref and model_ref.endswith(".gguf"):
+            # A bare file name: the model folder (the weights cache) is where it lives.
+            path = model_dirs()[0] / model_ref
+            if not path.is_file():
+                raise ValidationError(
+                    {
+                        "model_ref": f"{model_ref} is not in the model folder {model_dirs()[0]} "
+                        "yet; put the file there (or prefetch it) and deploy again."
+                    }
+                )
         if not path.is_absolute():
             raise ValidationError(
                 {"model_ref": f"Use {DEMO_MODEL_REF} or an absolute path to a .gguf file."}

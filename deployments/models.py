@@ -140,6 +140,11 @@ class Deployment(models.Model):
     max_replicas = models.PositiveSmallIntegerField(default=1)
     desired_replicas = models.PositiveSmallIntegerField(default=1)
     regions = models.JSONField(default=list, help_text="Region codes, in preference order.")
+    source = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text='Where it came from, e.g. "catalog:qwen3-8b/h100-bf16".',
+    )
     status = models.CharField(
         max_length=16, choices=DeploymentStatus.choices, default=DeploymentStatus.PENDING
     )

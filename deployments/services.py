@@ -98,6 +98,7 @@ def deployment_create(
     min_replicas: int = 1,
     max_replicas: int = 1,
     replicas: int | None = None,
+    source: str = "",
 ) -> Deployment:
     errors: dict[str, str] = {}
     name = (name or "").strip().lower()
@@ -171,6 +172,7 @@ def deployment_create(
         max_replicas=high,
         desired_replicas=desired,
         regions=list(regions),
+        source=source,
         created_by=user,
     )
     event(

@@ -18,6 +18,10 @@ app.conf.beat_schedule = {
         "task": "deployments.tasks.reconcile_all",
         "schedule": float(settings.RECONCILE_INTERVAL_S),
     },
+    "sync-catalog": {
+        "task": "marketplace.tasks.sync_catalog",
+        "schedule": float(settings.CATALOG_SYNC_INTERVAL_S),
+    },
     "check-pools": {
         "task": "deployments.tasks.check_pools",
         "schedule": 30.0,

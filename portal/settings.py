@@ -66,6 +66,7 @@ INSTALLED_APPS = [
     "template_partials",
     "portal",
     "deployments",
+    "marketplace",
 ]
 
 MIDDLEWARE = [
@@ -259,3 +260,10 @@ REPLICA_STARTUP_TIMEOUT_S = env.int("REPLICA_STARTUP_TIMEOUT_S", default=600)
 REPLICA_HEALTH_FAILURES = env.int("REPLICA_HEALTH_FAILURES", default=3)
 REPLICA_MAX_FAILURES = env.int("REPLICA_MAX_FAILURES", default=5)
 REPLICA_MAX_BACKOFF_S = env.int("REPLICA_MAX_BACKOFF_S", default=60)
+
+# --- Marketplace ----------------------------------------------------------------------
+HF_ENDPOINT = env.str("HF_ENDPOINT", default="")  # empty: the public hub
+HF_TOKEN = env.str("HF_TOKEN", default="")  # read-only token for gated repos; never shown
+CATALOG_SYNC_INTERVAL_S = env.int("CATALOG_SYNC_INTERVAL_S", default=6 * 3600)
+# Memory of one CPU slot, for fit estimates of CPU (llama.cpp) profiles.
+CPU_SLOT_MEMORY_GB = env.int("CPU_SLOT_MEMORY_GB", default=16)

@@ -7,6 +7,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, Spec
 from rest_framework.routers import SimpleRouter
 
 from deployments import api as deployments_api
+from marketplace import api as marketplace_api
 from portal import api, views
 
 router = SimpleRouter(trailing_slash="")
@@ -14,7 +15,9 @@ router.register("organizations", api.OrganizationViewSet, basename="organization
 router.register("keys", api.ApiKeyViewSet, basename="apikey")
 router.register("members", api.MemberViewSet, basename="member")
 router.register("invitations", api.InvitationViewSet, basename="invitation")
-router.register("deployments", deployments_api.DeploymentViewSet, basename="deployment")
+# The catalog's view extends the deployments API with `model` + `profile`.
+router.register("deployments", marketplace_api.CatalogDeploymentViewSet, basename="deployment")
+router.register("models", marketplace_api.CatalogViewSet, basename="model")
 
 portal_patterns = (
     [
@@ -44,6 +47,7 @@ api_v1 = [
 urlpatterns = [
     path("", include(portal_patterns)),
     path("", include("deployments.urls")),
+    path("", include("marketplace.urls")),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path(

@@ -35,6 +35,10 @@ class Command(BaseCommand):
         Membership.objects.get_or_create(organization=org, user=user, defaults={"role": Role.OWNER})
         lines = [f"Demo ready: sign in as {DEMO_USER} / {DEMO_PASSWORD} (staff), org {org.slug}."]
         # Later capabilities add their own demo data here, each through its services.
+        if apps.is_installed("marketplace"):
+            from marketplace.services import catalog_load
+
+            lines.append(f"Catalog: {catalog_load()}.")
         if apps.is_installed("deployments"):
             from deployments.demo import load_demo_inventory
 

@@ -1,0 +1,196 @@
+"""Catalog API, and the catalog's door into POST /api/v1/deployments (model + profile)."""
+
+from django.db.models import Min
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status, viewsets
+from rest_framework.response import Response
+
+from deployments.api import DeploymentIn, DeploymentOut, DeploymentViewSet
+from marketplace import selectors, services
+from marketplace.fit import price_per_hour_cents
+from marketplace.models import CatalogModel, ServingProfile
+from portal.access import require
+
+
+def _price(cents) -> str | None:
+    return None if cents is None else f"{cents / 100:.2f}"
+
+
+class ProfileOut(serializers.ModelSerializer):
+    gpu_type = serializers.CharField(source="gpu_type.code")
+    price_per_hour = serializers.SerializerMethodField(help_text="USD per hour per replica")
+
+    class Meta:
+        model = ServingProfile
+        fields = [
+            "id",
+            "name",
+            "engine",
+            "gpu_type",
+            "gpu_count",
+            "quantization",
+            "max_model_len",
+            "concurrent_sequences",
+            "engine_args",
+            "price_per_hour",
+            "fits",
+            "memory_required_gib",
+            "memory_available_gib",
+            "throughput_tokens_s",
+            "throughput_source",
+        ]
+
+    def get_price_per_hour(self, p) -> str:
+        return _price(price_per_hour_cents(p))
+
+
+class ModelOut(serializers.ModelSerializer):
+    cheapest_price_per_hour = serializers.SerializerMethodField()
+    private = serializers.SerializerMethodField()
+
+    class Meta:
+        model = CatalogModel
+        fields = [
+            "slug",
+            "name",
+            "family",
+            "hf_repo",
+            "parameters_b",
+            "active_parameters_b",
+            "context_length",
+            "license",
+            "gated",
+            "tasks",
+            "downloads",
+            "likes",
+            "cheapest_price_per_hour",
+            "private",
+        ]
+
+    def get_cheapest_price_per_hour(self, m) -> str | None:
+        cents = getattr(m, "cheapest_cents", None)
+        if cents is None and not hasattr(m, "cheapest_cents"):
+            cents = m.profiles.filter(fits=True).aggregate(c=Min("gpu_type__price_per_hour_cents"))
+            cents = cents["c"]
+        return _price(cents)
+
+    def get_private(self, m) -> bool:
+        return m.organization_id is not None
+
+
+class ModelDetailOut(ModelOut):
+    profiles = ProfileOut(many=True)
+
+    class Meta(ModelOut.Meta):
+        fields = [
+            *ModelOut.Meta.fields,
+            "description",
+            "architecture",
+            "num_layers",
+            "hidden_size",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "attention",
+            "kv_lora_rank",
+            "qk_rope_head_dim",
+            "sources",
+            "profiles",
+        ]
+
+
+class CatalogViewSet(viewsets.GenericViewSet):
+    serializer_class = ModelOut
+    lookup_field = "slug"
+    lookup_value_regex = r"[\w.-]+"
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return CatalogModel.objects.none()
+        q = self.request.query_params
+        return selectors.catalog_list(
+            org=self.request.org,
+            search=q.get("search", ""),
+            family=q.get("family", ""),
+            gpu_type=q.get("gpu_type", ""),
+            task=q.get("task", ""),
+            license=q.get("license", ""),
+            engine=q.get("engine", ""),
+            size=q.get("size", ""),
+            sort=q.get("sort", "popular"),
+        )
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(n, str)
+            for n in ("search", "family", "gpu_type", "task", "license", "engine", "size", "sort")
+        ]
+    )
+    def list(self, request):
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response(ModelOut(page, many=True).data)
+
+    @extend_schema(responses=ModelDetailOut)
+    def retrieve(self, request, slug=None):
+        model = selectors.catalog_get(org=request.org, slug=slug)
+        if model is None:
+            from django.http import Http404
+
+            raise Http404
+        return Response(ModelDetailOut(model).data)
+
+
+class CatalogDeploymentIn(DeploymentIn):
+    """Either the raw fields of a deployment, or `model` (a catalog slug) and `profile`."""
+
+    model = serializers.CharField(required=False)
+    profile = serializers.CharField(required=False)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if "model" in (self.initial_data or {}):
+            for name in ("model_ref", "gpu_type", "regions", "name"):
+                self.fields[name].required = False
+
+
+class CatalogDeploymentViewSet(DeploymentViewSet):
+    @extend_schema(request=CatalogDeploymentIn, responses={201: DeploymentOut})
+    def create(self, request):
+        if "model" not in request.data:
+            return super().create(request)
+        require(request.membership, "deployments.manage")
+        data = CatalogDeploymentIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        model = selectors.catalog_get(org=request.org, slug=v["model"])
+        if model is None:
+            raise serializers.ValidationError({"model": f"No model {v['model']!r} in the catalog."})
+        profile = None
+        if v.get("profile"):
+            key = v["profile"]
+            profile = next(
+                (p for p in model.profiles.all() if p.name == key or str(p.pk) == key), None
+            )
+            if profile is None:
+                raise serializers.ValidationError(
+                    {
+                        "profile": (
+                            f"{model.slug} has no profile {key!r}; choose one of: "
+                            + ", ".join(p.name for p in model.profiles.all())
+                        )
+                    }
+                )
+        else:
+            profile = services.default_profile(model)
+        deployment = services.catalog_deploy(
+            organization=request.org,
+            user=request.user,
+            model=model,
+            profile=profile,
+            regions=v.get("regions") or None,
+            name=v.get("name", ""),
+            min_replicas=v.get("min_replicas", 1),
+            max_replicas=v.get("max_replicas", 1),
+            replicas=v.get("replicas"),
+        )
+        return Response(DeploymentOut(deployment).data, status=status.HTTP_201_CREATED)

@@ -1,0 +1,111 @@
+from django.db.models import Exists, F, Min, OuterRef, Prefetch, Q, QuerySet
+
+from marketplace.models import CatalogModel, ServingProfile
+
+SIZES = {
+    "small": (0, 10, "under 10B"),
+    "medium": (10, 40, "10–40B"),
+    "large": (40, 150, "40–150B"),
+    "xl": (150, 100000, "over 150B"),
+}
+SORTS = {
+    "popular": ["-downloads", "-likes", "name"],
+    "size": ["parameters_b", "name"],
+    "-size": ["-parameters_b", "name"],
+    "name": ["name"],
+    "price": ["cheapest_cents", "name"],
+}
+
+
+def visible_models(*, org) -> QuerySet[CatalogModel]:
+    """Public entries, plus the organization's private ones."""
+    return CatalogModel.objects.filter(Q(organization=None) | Q(organization=org), listed=True)
+
+
+def catalog_list(
+    *,
+    org,
+    search: str = "",
+    family: str = "",
+    size: str = "",
+    task: str = "",
+    license: str = "",
+    engine: str = "",
+    gpu_type: str = "",
+    sort: str = "popular",
+) -> QuerySet[CatalogModel]:
+    qs = visible_models(org=org).annotate(
+        cheapest_cents=Min(
+            F("profiles__gpu_type__price_per_hour_cents") * F("profiles__gpu_count"),
+            filter=Q(profiles__fits=True),
+        )
+    )
+    if search:
+        for word in search.split()[:5]:
+            qs = qs.filter(
+                Q(name__icontains=word)
+                | Q(slug__icontains=word)
+                | Q(hf_repo__icontains=word)
+                | Q(family__icontains=word)
+            )
+    if family:
+        qs = qs.filter(family=family)
+    if size in SIZES:
+        low, high, _ = SIZES[size]
+        qs = qs.filter(parameters_b__gte=low, parameters_b__lt=high)
+    if task:
+        qs = (
+            qs.filter(tasks__contains=[task])
+            if _json_contains_supported()
+            else qs.filter(tasks__icontains=f'"{task}"')
+        )
+    if license:
+        qs = qs.filter(license=license)
+    if engine:
+        qs = qs.filter(Exists(ServingProfile.objects.filter(model=OuterRef("pk"), engine=engine)))
+    if gpu_type:
+        qs = qs.filter(
+            Exists(
+                ServingProfile.objects.filter(
+                    model=OuterRef("pk"), gpu_type__code=gpu_type, fits=True
+                )
+            )
+        )
+    return qs.order_by(*SORTS.get(sort, SORTS["popular"]))
+
+
+def _json_contains_supported() -> bool:
+    from django.db import connection
+
+    return connection.vendor == "postgresql"
+
+
+def catalog_get(*, org, slug: str) -> CatalogModel | None:
+    return (
+        visible_models(org=org)
+        .filter(slug=slug)
+        .prefetch_related(
+            Prefetch(
+                "profiles",
+                queryset=ServingProfile.objects.select_related("gpu_type").order_by(
+                    "gpu_type__price_per_hour_cents", "gpu_count", "name"
+                ),
+            )
+        )
+        .order_by(F("organization").asc(nulls_last=True))  # an org's own entry wins
+        .first()
+    )
+
+
+def facets(*, org) -> dict:
+    qs = visible_models(org=org)
+    from deployments.models import GpuType
+
+    return {
+        "families": sorted(set(qs.values_list("family", flat=True))),
+        "licenses": sorted(set(qs.values_list("license", flat=True))),
+        "gpu_types": list(GpuType.objects.values_list("code", "name")),
+        "sizes": [(k, v[2]) for k, v in SIZES.items()],
+        "tasks": ["chat", "code", "reasoning"],
+        "engines": ["vllm", "sglang", "llama.cpp"],
+    }

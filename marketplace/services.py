@@ -1,0 +1,320 @@
+"""Catalog operations: load the YAML catalog, sync facts from the hub, deploy a profile."""
+
+import logging
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import yaml
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from deployments.gpu_types import ensure_gpu_types
+from deployments.models import Deployment, GpuType, Node, Region
+from deployments.placement import explain_unschedulable
+from deployments.services import deployment_create
+from marketplace.fit import profile_fit
+from marketplace.models import CatalogModel, CatalogSync, Managed, ServingProfile
+
+log = logging.getLogger(__name__)
+
+CATALOG_DIR = Path(__file__).resolve().parent / "catalog"
+MODEL_FIELDS = [
+    "name",
+    "family",
+    "hf_repo",
+    "description",
+    "tasks",
+    "architecture",
+    "parameters_b",
+    "active_parameters_b",
+    "context_length",
+    "license",
+    "gated",
+    "num_layers",
+    "hidden_size",
+    "num_heads",
+    "num_kv_heads",
+    "head_dim",
+    "attention",
+    "kv_lora_rank",
+    "qk_rope_head_dim",
+]
+
+
+def profile_refresh_fit(profile: ServingProfile) -> ServingProfile:
+    fit = profile_fit(profile)
+    ServingProfile.objects.filter(pk=profile.pk).update(
+        fits=fit.fits,
+        memory_required_gib=Decimal(str(fit.required_gib)),
+        memory_available_gib=Decimal(str(fit.available_gib)),
+    )
+    profile.fits = fit.fits
+    profile.memory_required_gib = Decimal(str(fit.required_gib))
+    profile.memory_available_gib = Decimal(str(fit.available_gib))
+    return profile
+
+
+@dataclass
+class LoadResult:
+    created: int = 0
+    updated: int = 0
+    kept: int = 0  # operator-managed entries left as they are
+
+    def __str__(self) -> str:
+        return f"{self.created} created, {self.updated} updated, {self.kept} kept (operator's)"
+
+
+def _model_values(entry: dict, defaults: dict) -> dict:
+    values = {k: entry[k] for k in MODEL_FIELDS if k in entry}
+    values.setdefault("active_parameters_b", None)
+    values.setdefault("gated", False)
+    values.setdefault("attention", "gqa")
+    values.setdefault("description", "")
+    values["sources"] = {**defaults.get("sources", {}), **entry.get("sources", {})}
+    return values
+
+
+@transaction.atomic
+def catalog_load(*, directory: Path = CATALOG_DIR) -> LoadResult:
+    """Load every YAML file of the catalog. Idempotent; operator entries are left alone."""
+    ensure_gpu_types()
+    defaults_path = directory / "_defaults.yaml"
+    defaults = yaml.safe_load(defaults_path.read_text()) if defaults_path.exists() else {}
+    gpu_types = {g.code: g for g in GpuType.objects.all()}
+    result = LoadResult()
+    for path in sorted(directory.glob("*.yaml")):
+        if path.name.startswith("_"):
+            continue
+        data = yaml.safe_load(path.read_text()) or {}
+        for entry in data.get("models", []):
+            slug = entry["slug"]
+            existing = CatalogModel.objects.filter(slug=slug, organization=None).first()
+            if existing is not None and existing.managed_by == Managed.OPERATOR:
+                result.kept += 1
+                continue
+            values = _model_values(entry, defaults)
+            model, created = CatalogModel.objects.update_or_create(
+                slug=slug,
+                organization=None,
+                defaults={**values, "managed_by": Managed.CATALOG, "listed": True},
+            )
+            result.created += created
+            result.updated += not created
+            names = []
+            for p in entry.get("profiles", []):
+                if p["gpu"] not in gpu_types:
+                    raise ValidationError(
+                        f"{path.name}: {slug}/{p['name']}: unknown GPU {p['gpu']}"
+                    )
+                profile, _ = ServingProfile.objects.update_or_create(
+                    model=model,
+                    name=p["name"],
+                    defaults={
+                        "engine": p["engine"],
+                        "gpu_type": gpu_types[p["gpu"]],
+                        "gpu_count": p.get("count", 1),
+                        "quantization": p["quant"],
+                        "max_model_len": p["max_len"],
+                        "concurrent_sequences": p.get("seqs", 1),
+                        "gpu_memory_utilization": Decimal(str(p.get("utilization", "0.90"))),
+                        "engine_args": p.get("args", []),
+                        "model_ref": p.get("model_ref", ""),
+                        "image": p.get("image", ""),
+                        "throughput_tokens_s": p.get("throughput_tokens_s"),
+                        "throughput_source": p.get("throughput_source", ""),
+                    },
+                )
+                profile_refresh_fit(profile)
+                names.append(p["name"])
+            model.profiles.exclude(name__in=names).delete()
+    return result
+
+
+# --- Hub sync -------------------------------------------------------------------------
+
+
+def _hub_api():
+    from huggingface_hub import HfApi
+
+    return HfApi(endpoint=settings.HF_ENDPOINT or None, token=settings.HF_TOKEN or None)
+
+
+def catalog_sync(*, timeout: float = 10.0) -> CatalogSync:
+    """Refresh licence, gated flag, downloads, likes, last modified and the safetensors
+    parameter count of every public entry from the hub. An entry the hub cannot answer
+    for is left exactly as it was, and the run says so."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    run = CatalogSync.objects.create()
+    api = _hub_api()
+    failures: list[str] = []
+    updated = 0
+    for model in CatalogModel.objects.filter(organization=None).exclude(hf_repo=""):
+        try:
+            info = api.model_info(model.hf_repo, timeout=timeout)
+        except (HfHubHTTPError, OSError, ValueError) as exc:
+            failures.append(f"{model.slug}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+            continue
+        changes: dict = {"synced_at": timezone.now()}
+        card = info.card_data.to_dict() if info.card_data else {}
+        license_ = card.get("license") or next(
+            (t.split(":", 1)[1] for t in (info.tags or []) if t.startswith("license:")), None
+        )
+        if license_:
+            changes["license"] = str(license_)[:64]
+        if info.gated is not None:
+            changes["gated"] = bool(info.gated)
+        if info.downloads is not None:
+            changes["downloads"] = info.downloads
+        if info.likes is not None:
+            changes["likes"] = info.likes
+        if info.last_modified is not None:
+            changes["hub_last_modified"] = info.last_modified
+        if info.safetensors is not None and info.safetensors.total:
+            changes["parameters_b"] = (Decimal(info.safetensors.total) / Decimal(10**9)).quantize(
+                Decimal("0.01")
+            )
+        CatalogModel.objects.filter(pk=model.pk).update(**changes)
+        if "parameters_b" in changes and changes["parameters_b"] != model.parameters_b:
+            for profile in model.profiles.select_related("model", "gpu_type"):
+                profile_refresh_fit(profile)
+        updated += 1
+    run.finished_at = timezone.now()
+    run.updated = updated
+    run.failed = len(failures)
+    run.ok = not failures
+    run.message = (
+        f"updated {updated} entries"
+        if not failures
+        else f"updated {updated}; left {len(failures)} as they were: " + "; ".join(failures)
+    )
+    run.save()
+    log.info("catalog sync: %s", run.message)
+    return run
+
+
+# --- Deploy ---------------------------------------------------------------------------
+
+
+def regions_with_room(profile: ServingProfile) -> list[Region]:
+    """Enabled regions where one node has room for a replica of this profile, roomiest
+    first."""
+    nodes = Node.objects.filter(
+        pool__gpu_type=profile.gpu_type,
+        pool__enabled=True,
+        pool__healthy=True,
+        healthy=True,
+        pool__region__enabled=True,
+    ).select_related("pool__region")
+    free: dict[int, int] = {}
+    regions: dict[int, Region] = {}
+    for node in nodes:
+        if node.gpus_free >= profile.gpu_count:
+            region = node.pool.region
+            regions[region.pk] = region
+            free[region.pk] = free.get(region.pk, 0) + node.gpus_free
+    return sorted(regions.values(), key=lambda r: (-free[r.pk], r.code))
+
+
+def default_profile(model: CatalogModel) -> ServingProfile | None:
+    """The cheapest profile that fits and has room somewhere; else the cheapest that fits."""
+    profiles = sorted(
+        (p for p in model.profiles.select_related("gpu_type") if p.fits),
+        key=lambda p: (p.gpu_type.price_per_hour_cents * p.gpu_count, p.gpu_count, p.name),
+    )
+    for p in profiles:
+        if regions_with_room(p):
+            return p
+    return profiles[0] if profiles else None
+
+
+CONTEXT_FLAG = {"vllm": "--max-model-len", "sglang": "--context-length", "llama.cpp": "--n_ctx"}
+
+
+def _with_context_length(profile: ServingProfile) -> list[str]:
+    args = list(profile.engine_args)
+    flag = CONTEXT_FLAG.get(profile.engine)
+    if flag and flag not in args:
+        args += [flag, str(profile.max_model_len)]
+    return args
+
+
+def _free_name(org, base: str) -> str:
+    base = base[:55].strip("-.").replace(".", "-") or "model"
+    name, n = base, 1
+    while Deployment.objects.filter(organization=org, name=name, deleted_at__isnull=True).exists():
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+def catalog_deploy(
+    *,
+    organization,
+    user,
+    model: CatalogModel,
+    profile: ServingProfile | None,
+    regions: list[str] | None = None,
+    name: str = "",
+    min_replicas: int = 1,
+    max_replicas: int = 1,
+    replicas: int | None = None,
+) -> Deployment:
+    """Deploy a catalog profile. Refuses — with the reason, creating nothing — a profile
+    that does not fit its GPUs, a region without that GPU type, and regions without room."""
+    if profile is None:
+        raise ValidationError({"profile": f"{model.slug} has no serving profile to deploy."})
+    if profile.model_id != model.pk:
+        raise ValidationError(
+            {
+                "profile": f"{profile.name} is not a profile of {model.slug}; choose one of: "
+                + ", ".join(model.profiles.values_list("name", flat=True))
+            }
+        )
+    if not profile.fits:
+        raise ValidationError({"profile": profile_fit(profile).sentence})
+    if not regions:
+        roomy = regions_with_room(profile)
+        if not roomy:
+            raise ValidationError(
+                {
+                    "regions": f"No region has room for {profile.gpu_count}×"
+                    f"{profile.gpu_type.name} right now."
+                }
+            )
+        regions = [roomy[0].code]
+    known = {r.code: r for r in Region.objects.filter(code__in=regions, enabled=True)}
+    for code in regions:
+        if code not in known:
+            raise ValidationError({"regions": f"Unknown region {code!r}."})
+        if not known[code].pools.filter(gpu_type=profile.gpu_type, enabled=True).exists():
+            raise ValidationError(
+                {
+                    "regions": f"{code} has no {profile.gpu_type.name} pool; profile "
+                    f"{profile.name} needs {profile.gpu_count}×{profile.gpu_type.name}."
+                }
+            )
+    if not any(r.code in regions for r in regions_with_room(profile)):
+        probe = Deployment(
+            gpu_type=profile.gpu_type, gpus_per_replica=profile.gpu_count, regions=list(regions)
+        )
+        raise ValidationError({"regions": f"No room: {explain_unschedulable(probe)}."})
+    return deployment_create(
+        organization=organization,
+        user=user,
+        name=name or _free_name(organization, model.slug),
+        engine=profile.engine,
+        image=profile.image,
+        model_ref=profile.model_ref or model.hf_repo,
+        engine_args=_with_context_length(profile),
+        gpu_type=profile.gpu_type.code,
+        gpus_per_replica=profile.gpu_count,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        replicas=replicas,
+        regions=list(regions),
+        source=f"catalog:{model.slug}/{profile.name}",
+    )

@@ -1,0 +1,100 @@
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods
+
+from deployments.models import Region
+from marketplace import selectors, services
+from marketplace.fit import format_price, price_per_hour_cents, profile_fit
+from portal.access import require
+from portal.roles import can
+from portal.views import org_required
+
+FILTERS = ("search", "family", "size", "task", "license", "engine", "gpu_type", "sort")
+
+
+@org_required
+def grid(request: HttpRequest) -> HttpResponse:
+    params = {k: request.GET.get(k, "").strip() for k in FILTERS}
+    models = list(selectors.catalog_list(org=request.org, **{k: v for k, v in params.items() if v}))
+    context = {"models": models, "params": params, "facets": selectors.facets(org=request.org)}
+    template = "marketplace/grid.html"
+    if request.htmx and request.htmx.target == "results":
+        template += "#results"
+    return render(request, template, context)
+
+
+def _model_or_404(request, slug):
+    model = selectors.catalog_get(org=request.org, slug=slug)
+    if model is None:
+        raise Http404(f"No model {slug!r} in the catalog.")
+    return model
+
+
+def _profile_rows(model) -> list[dict]:
+    return [
+        {"profile": p, "fit": profile_fit(p), "price": format_price(price_per_hour_cents(p))}
+        for p in model.profiles.all()
+    ]
+
+
+@org_required
+def model_detail(request: HttpRequest, slug: str) -> HttpResponse:
+    model = _model_or_404(request, slug)
+    return render(
+        request,
+        "marketplace/model_detail.html",
+        {
+            "model": model,
+            "rows": _profile_rows(model),
+            "may_deploy": can(request.membership.role, "deployments.manage"),
+        },
+    )
+
+
+@org_required
+@require_http_methods(["GET", "POST"])
+def deploy(request: HttpRequest, slug: str) -> HttpResponse:
+    require(request.membership, "deployments.manage")
+    model = _model_or_404(request, slug)
+    profiles = list(model.profiles.all())
+    data = request.POST if request.method == "POST" else request.GET
+    chosen = next((p for p in profiles if p.name == data.get("profile")), None)
+    profile = chosen or services.default_profile(model)
+    roomy = services.regions_with_room(profile) if profile else []
+    region = data.get("region") or (roomy[0].code if roomy else "")
+    error = None
+    if request.method == "POST":
+        try:
+            deployment = services.catalog_deploy(
+                organization=request.org,
+                user=request.user,
+                model=model,
+                profile=chosen,
+                regions=[region] if region else None,
+                name=data.get("name", "").strip(),
+            )
+        except ValidationError as exc:
+            error = exc
+        else:
+            messages.success(request, f"Deploying {model.name} as {deployment.name}.")
+            return redirect("deployments:detail", pk=deployment.pk)
+    context = {
+        "model": model,
+        "profiles": profiles,
+        "profile": profile,
+        "fit": profile_fit(profile) if profile else None,
+        "price": format_price(price_per_hour_cents(profile)) if profile else "",
+        "regions": Region.objects.filter(enabled=True).order_by("code"),
+        "roomy": {r.code for r in roomy},
+        "region": region,
+        "name": data.get("name", ""),
+        "errors": error.message_dict
+        if error is not None and hasattr(error, "error_dict")
+        else ({"__all__": error.messages} if error else {}),
+    }
+    template = "marketplace/deploy.html"
+    if request.htmx and request.method == "GET":
+        template += "#check"
+    return render(request, template, context, status=400 if error else 200)
