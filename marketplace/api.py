@@ -164,7 +164,9 @@ class CatalogDeploymentViewSet(DeploymentViewSet):
         v = data.validated_data
         model = selectors.catalog_get(org=request.org, slug=v["model"])
         if model is None:
-            raise serializers.ValidationError({"model": f"No model {v['model']!r} in the catalog."})
+            raise serializers.ValidationError(
+                {"model": [f"No model {v['model']!r} in the catalog."]}
+            )
         profile = None
         if v.get("profile"):
             key = v["profile"]
@@ -174,10 +176,10 @@ class CatalogDeploymentViewSet(DeploymentViewSet):
             if profile is None:
                 raise serializers.ValidationError(
                     {
-                        "profile": (
+                        "profile": [
                             f"{model.slug} has no profile {key!r}; choose one of: "
                             + ", ".join(p.name for p in model.profiles.all())
-                        )
+                        ]
                     }
                 )
         else:

@@ -146,8 +146,10 @@ def catalog_sync(*, timeout: float = 10.0) -> CatalogSync:
     """Refresh licence, gated flag, downloads, likes, last modified and the safetensors
     parameter count of every public entry from the hub. An entry the hub cannot answer
     for is left exactly as it was, and the run says so."""
+    import httpx2  # the hub client's HTTP library: its timeouts and connection errors
     from huggingface_hub.errors import HfHubHTTPError
 
+    hub_errors = (HfHubHTTPError, httpx2.HTTPError, OSError, ValueError)
     run = CatalogSync.objects.create()
     api = _hub_api()
     failures: list[str] = []
@@ -155,7 +157,7 @@ def catalog_sync(*, timeout: float = 10.0) -> CatalogSync:
     for model in CatalogModel.objects.filter(organization=None).exclude(hf_repo=""):
         try:
             info = api.model_info(model.hf_repo, timeout=timeout)
-        except (HfHubHTTPError, OSError, ValueError) as exc:
+        except hub_errors as exc:
             failures.append(f"{model.slug}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
             continue
         changes: dict = {"synced_at": timezone.now()}
