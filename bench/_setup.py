@@ -25,7 +25,11 @@ def django_on_postgres() -> str:
     os.environ["DATABASE_URL"] = url
     os.environ.setdefault("LOG_LEVEL", "WARNING")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
-    sys.path.insert(0, str(ROOT))
+    # bench/marketplace.py would shadow the marketplace app: work from the project root
+    # (Celery also puts the working directory first on sys.path).
+    os.chdir(ROOT)
+    bench = Path(__file__).resolve().parent
+    sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != bench]
     import django
 
     django.setup()

@@ -148,7 +148,7 @@ class CatalogDeploymentIn(DeploymentIn):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if "model" in (self.initial_data or {}):
+        if "model" in (getattr(self, "initial_data", None) or {}):
             for name in ("model_ref", "gpu_type", "regions", "name"):
                 self.fields[name].required = False
 

@@ -1,5 +1,8 @@
+from urllib.parse import urlencode
+
 from django.contrib import messages
 from django.core.exceptions import ValidationError
+from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
@@ -12,13 +15,23 @@ from portal.roles import can
 from portal.views import org_required
 
 FILTERS = ("search", "family", "size", "task", "license", "engine", "gpu_type", "sort")
+PAGE_SIZE = 48
+PAGE_SIZE = 48
 
 
 @org_required
 def grid(request: HttpRequest) -> HttpResponse:
     params = {k: request.GET.get(k, "").strip() for k in FILTERS}
-    models = list(selectors.catalog_list(org=request.org, **{k: v for k, v in params.items() if v}))
-    context = {"models": models, "params": params, "facets": selectors.facets(org=request.org)}
+    qs = selectors.catalog_list(org=request.org, **{k: v for k, v in params.items() if v})
+    page = Paginator(qs, PAGE_SIZE).get_page(request.GET.get("page"))
+    query = urlencode({k: v for k, v in params.items() if v})
+    context = {
+        "page": page,
+        "models": page.object_list,
+        "params": params,
+        "query": query,
+        "facets": selectors.facets(org=request.org),
+    }
     template = "marketplace/grid.html"
     if request.htmx and request.htmx.target == "results":
         template += "#results"

@@ -150,3 +150,31 @@ def _replica_api(org: Organization, member):
 
 
 register("api:deployment-logs", ("GET",), _replica_api, api=True)
+
+
+# --- marketplace ----------------------------------------------------------------------
+
+
+def _private_model(org: Organization, member):
+    from marketplace.models import CatalogModel
+
+    m = CatalogModel.objects.create(
+        organization=org,
+        slug=f"private-{org.slug}",
+        name="Private",
+        family="other",
+        parameters_b=1,
+        context_length=4096,
+        license="proprietary",
+        num_layers=1,
+        hidden_size=1,
+        num_heads=1,
+        num_kv_heads=1,
+        head_dim=1,
+    )
+    return {"slug": m.slug}, m
+
+
+register("marketplace:model", ("GET",), _private_model)
+register("marketplace:deploy", ("GET", "POST"), _private_model)
+register("api:model-detail", ("GET",), _private_model, api=True)
