@@ -22,6 +22,9 @@ ARGS = [
 # (file name, path) — each page is shot signed in as the demo user.
 PAGES = [
     ("dashboard.png", "/"),
+    ("marketplace.png", "/marketplace/"),
+    ("model.png", "/marketplace/deepseek-r1/"),
+    ("deploy.png", "/marketplace/qwen3-8b/deploy/"),
     ("api-keys.png", "/keys/"),
     ("members.png", "/members/"),
     ("deployments.png", "/deployments/"),

@@ -1,5 +1,6 @@
 from functools import wraps
 
+from django.apps import apps
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
@@ -48,9 +49,13 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         return render(request, "portal/landing.html")
     if request.org is None:
         return redirect("portal:organizations")
-    return render(
-        request, "portal/dashboard.html", {"summary": selectors.organization_summary(request.org)}
-    )
+    summary = selectors.organization_summary(request.org)
+    # Later capabilities count their own objects here through their selectors.
+    if apps.is_installed("deployments"):
+        from deployments.selectors import deployment_list
+
+        summary["deployments"] = deployment_list(org=request.org).count()
+    return render(request, "portal/dashboard.html", {"summary": summary})
 
 
 @require_http_methods(["GET", "POST"])
