@@ -67,6 +67,7 @@ INSTALLED_APPS = [
     "portal",
     "deployments",
     "marketplace",
+    "builder",
 ]
 
 MIDDLEWARE = [
@@ -196,6 +197,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "ENUM_NAME_OVERRIDES": {
+        "UploadKindEnum": "builder.models.Upload.Kind",
+        "BuildSourceEnum": "builder.models.Build.Source",
+    },
 }
 
 # --- Celery ---------------------------------------------------------------------------
@@ -267,3 +272,11 @@ HF_TOKEN = env.str("HF_TOKEN", default="")  # read-only token for gated repos; n
 CATALOG_SYNC_INTERVAL_S = env.int("CATALOG_SYNC_INTERVAL_S", default=6 * 3600)
 # Memory of one CPU slot, for fit estimates of CPU (llama.cpp) profiles.
 CPU_SLOT_MEMORY_GB = env.int("CPU_SLOT_MEMORY_GB", default=16)
+
+# --- Builder --------------------------------------------------------------------------
+# Registry built images are pushed to (host:port); empty keeps them on the Docker host.
+REGISTRY_URL = env.str("REGISTRY_URL", default="")
+# Folders on shared storage that builds may read models from (absolute, comma-separated).
+BUILDER_ALLOWED_PATHS = env.list("BUILDER_ALLOWED_PATHS", default=[])
+DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024

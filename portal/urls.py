@@ -6,6 +6,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
+from builder import api as builder_api
 from deployments import api as deployments_api
 from marketplace import api as marketplace_api
 from portal import api, views
@@ -18,6 +19,8 @@ router.register("invitations", api.InvitationViewSet, basename="invitation")
 # The catalog's view extends the deployments API with `model` + `profile`.
 router.register("deployments", marketplace_api.CatalogDeploymentViewSet, basename="deployment")
 router.register("models", marketplace_api.CatalogViewSet, basename="model")
+router.register("builds", builder_api.BuildViewSet, basename="build")
+router.register("uploads", builder_api.UploadViewSet, basename="upload")
 
 portal_patterns = (
     [
@@ -48,6 +51,7 @@ urlpatterns = [
     path("", include(portal_patterns)),
     path("", include("deployments.urls")),
     path("", include("marketplace.urls")),
+    path("", include("builder.urls")),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path(

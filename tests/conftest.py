@@ -198,6 +198,8 @@ def celery_worker(transactional_db, tmp_path):
     env = {
         **os.environ,
         "RUNTIME_DIR": str(dj_settings.RUNTIME_DIR),
+        "HF_ENDPOINT": dj_settings.HF_ENDPOINT,
+        "REGISTRY_URL": dj_settings.REGISTRY_URL,
         "GANTRY_MODEL_DIRS": ",".join(dj_settings.GANTRY_MODEL_DIRS),
         "SECRET_KEY": dj_settings.SECRET_KEY,
         "DATABASE_URL": database_url_for_subprocess(),

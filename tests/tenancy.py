@@ -178,3 +178,27 @@ def _private_model(org: Organization, member):
 register("marketplace:model", ("GET",), _private_model)
 register("marketplace:deploy", ("GET", "POST"), _private_model)
 register("api:model-detail", ("GET",), _private_model, api=True)
+
+
+# --- builder --------------------------------------------------------------------------
+
+
+def _build(org: Organization, member):
+    from builder.models import Build
+
+    b = Build.objects.create(
+        organization=org,
+        created_by=member,
+        name=f"victim-{org.slug}",
+        source_kind="huggingface",
+        repo_id="acme/x",
+        engine="vllm",
+        facts={"architecture": "LlamaForCausalLM"},
+    )
+    return {"pk": b.pk}, b
+
+
+register("builder:detail", ("GET",), _build)
+register("builder:configure", ("POST",), _build)
+register("builder:start", ("POST",), _build)
+register("api:build-detail", ("GET",), _build, api=True)

@@ -1,6 +1,8 @@
-"""A local HTTP server that answers the Hugging Face hub's model-info endpoint, so the
-real `huggingface_hub` client can be exercised without the internet."""
+"""A local HTTP server that answers the Hugging Face hub's endpoints the real
+`huggingface_hub` client calls — model info, and file resolve (HEAD and ranged GET) — so
+it can be exercised without the internet. Knows gated repos, revisions and errors."""
 
+import hashlib
 import json
 import threading
 import time
@@ -10,6 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class HubServer:
     def __init__(self):
         self.models: dict[str, dict] = {}
+        self.files: dict[str, dict[str, bytes]] = {}  # repo -> filename -> content
+        self.gated: dict[str, str] = {}  # repo -> the token that has access
         self.broken: set[str] = set()  # answer 500
         self.slow: set[str] = set()  # answer after the client's timeout
         self.requests: list[str] = []
@@ -19,13 +23,93 @@ class HubServer:
             def log_message(self, *args):
                 pass
 
+            def _send(self, status, body, headers=None, head=False):
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                if not head:
+                    self.wfile.write(data)
+
+            def _denied(self, repo, head=False) -> bool:
+                if repo not in hub.gated:
+                    return False
+                given = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+                if given == hub.gated[repo]:
+                    return False
+                self._send(
+                    401 if not given else 403,
+                    {"error": "Access is restricted."},
+                    {"X-Error-Code": "GatedRepo"},
+                    head=head,
+                )
+                return True
+
+            def _bad_revision(self, repo, revision, head=False) -> bool:
+                if not revision or revision in ("main", hub.models[repo]["sha"]):
+                    return False
+                self._send(
+                    404,
+                    {"error": "Revision not found"},
+                    {"X-Error-Code": "RevisionNotFound"},
+                    head=head,
+                )
+                return True
+
+            def _resolve(self, head: bool):
+                # /{owner}/{name}/resolve/{revision}/{filename}
+                parts = self.path.split("?", 1)[0].lstrip("/").split("/")
+                repo, rev, name = "/".join(parts[:2]), parts[3], "/".join(parts[4:])
+                if repo not in hub.models:
+                    return self._send(
+                        404,
+                        {"error": "Repository not found"},
+                        {"X-Error-Code": "RepoNotFound"},
+                        head=head,
+                    )
+                if self._denied(repo, head) or self._bad_revision(repo, rev, head):
+                    return None
+                data = hub.files.get(repo, {}).get(name)
+                if data is None:
+                    return self._send(
+                        404,
+                        {"error": "Entry not found"},
+                        {"X-Error-Code": "EntryNotFound"},
+                        head=head,
+                    )
+                start = 0
+                wanted = self.headers.get("Range", "")
+                if wanted.startswith("bytes="):
+                    start = int(wanted[6:].split("-")[0] or 0)
+                body = data[start:]
+                self.send_response(206 if start else 200)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("ETag", '"' + hashlib.sha256(data).hexdigest() + '"')
+                self.send_header("X-Repo-Commit", hub.models[repo]["sha"])
+                self.send_header("Accept-Ranges", "bytes")
+                self.end_headers()
+                if not head:
+                    self.wfile.write(body)
+                return None
+
+            def do_HEAD(self):
+                hub.requests.append("HEAD " + self.path)
+                if "/resolve/" in self.path:
+                    return self._resolve(head=True)
+                return self._send(404, {"error": "Not found"}, head=True)
+
             def do_GET(self):
                 hub.requests.append(self.path)
+                if "/resolve/" in self.path:
+                    return self._resolve(head=False)
                 path = self.path.split("?", 1)[0]
                 prefix = "/api/models/"
                 if not path.startswith(prefix):
                     return self._send(404, {"error": "Not found"})
-                repo = path[len(prefix) :].split("/revision/")[0]
+                repo, _, revision = path.removeprefix(prefix).partition("/revision/")
                 if repo in hub.slow:
                     time.sleep(3)
                 if repo in hub.broken:
@@ -34,17 +118,9 @@ class HubServer:
                     return self._send(
                         404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
                     )
+                if self._denied(repo) or self._bad_revision(repo, revision):
+                    return None
                 return self._send(200, hub.models[repo])
-
-            def _send(self, status, body, headers=None):
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -66,7 +142,7 @@ class HubServer:
             "id": repo,
             "modelId": repo,
             "author": repo.split("/")[0],
-            "sha": "0" * 40,
+            "sha": hashlib.sha1(repo.encode()).hexdigest(),
             "lastModified": last_modified,
             "private": False,
             "disabled": False,
@@ -81,6 +157,33 @@ class HubServer:
         if total_params:
             info["safetensors"] = {"parameters": {"BF16": total_params}, "total": total_params}
         self.models[repo] = info
+
+    def add_files(
+        self,
+        repo: str,
+        files: dict[str, bytes],
+        *,
+        gguf: dict | None = None,
+        safetensors_total: int | None = None,
+        gated_token: str | None = None,
+    ):
+        """Serve these files from `repo` (which must be added first)."""
+        self.files[repo] = files
+        info = self.models[repo]
+        info["siblings"] = [
+            {"rfilename": n, "size": len(d), "blobId": hashlib.sha1(d).hexdigest()}
+            for n, d in files.items()
+        ]
+        if gguf is not None:
+            info["gguf"] = gguf
+        if safetensors_total is not None:
+            info["safetensors"] = {
+                "parameters": {"BF16": safetensors_total},
+                "total": safetensors_total,
+            }
+        if gated_token:
+            self.gated[repo] = gated_token
+            info["gated"] = "manual"
 
     def __enter__(self):
         self.thread.start()
