@@ -488,6 +488,22 @@ def image_tag(build: Build) -> str:
     return f"{registry}/{repo}:{rev}" if registry else f"gantry-builds/{repo}:{rev}"
 
 
+def _ensure_base_image(client, image: str, out: _Log) -> None:
+    from docker.errors import ImageNotFound
+
+    try:
+        client.images.get(image)
+        return
+    except ImageNotFound:
+        if not settings.BUILDER_PULL_BASE_IMAGES:
+            raise RuntimeError(
+                f"base image {image} is not on the Docker host: load it there, or set "
+                "BUILDER_PULL_BASE_IMAGES=true to let builds pull it"
+            ) from None
+    out.write(f"$ pull {image}\n", phase="pulling base image")
+    client.images.pull(image)
+
+
 def build_run(*, build_id: int) -> Build:
     """Render, build, push, register. A failure keeps the log and says why."""
     import docker
@@ -505,6 +521,7 @@ def build_run(*, build_id: int) -> Build:
         tag = image_tag(build)
         out.write(f"$ spec {digest_of_spec[:12]} → {tag}\n{dockerfile}\n", phase="rendering")
         client = docker.DockerClient(base_url=settings.DOCKER_HOST, timeout=600)
+        _ensure_base_image(client, spec["base_image"], out)
         with tempfile.TemporaryDirectory(prefix="gantry-build-") as ctx:
             Path(ctx, "Dockerfile").write_text(dockerfile)
             Path(ctx, "gantry-spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True))

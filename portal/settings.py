@@ -278,5 +278,7 @@ CPU_SLOT_MEMORY_GB = env.int("CPU_SLOT_MEMORY_GB", default=16)
 REGISTRY_URL = env.str("REGISTRY_URL", default="")
 # Folders on shared storage that builds may read models from (absolute, comma-separated).
 BUILDER_ALLOWED_PATHS = env.list("BUILDER_ALLOWED_PATHS", default=[])
+# Let builds pull a missing engine base image from its registry (off: use what is loaded).
+BUILDER_PULL_BASE_IMAGES = env.bool("BUILDER_PULL_BASE_IMAGES", default=False)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024

@@ -5,7 +5,11 @@ from pathlib import Path
 import pytest
 
 from deployments.demo_model import write_demo_gguf
-from tests.deployments.conftest import local_pool  # noqa: F401 - shared fixture
+from tests.deployments.conftest import (  # noqa: F401 - shared fixtures
+    docker_client,
+    docker_pool,
+    local_pool,
+)
 from tests.marketplace.hub_server import HubServer
 
 

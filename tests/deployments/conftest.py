@@ -6,9 +6,11 @@ import time
 from pathlib import Path
 
 import pytest
+from django.conf import settings as django_settings
 
 from deployments.models import Driver, GpuPool, GpuType, Node, Region
 from deployments.services import deployment_reconcile
+from tests.conftest import need
 
 
 @pytest.fixture(scope="session")
@@ -100,3 +102,37 @@ def pid_alive(pid: int) -> bool:
             return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
     except FileNotFoundError:
         return False
+
+
+@pytest.fixture
+def docker_client():
+    sock = django_settings.DOCKER_HOST
+    need(
+        sock.startswith("unix://") and os.path.exists(sock.removeprefix("unix://")),
+        f"a Docker engine at {sock}",
+    )
+    import docker
+
+    client = docker.DockerClient(base_url=sock)
+    image = django_settings.GANTRY_ENGINE_IMAGES["llama.cpp"]
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        need(False, f"the engine image {image} (scripts/build-engine-images.sh builds it)")
+    yield client
+    for c in client.containers.list(all=True, filters={"label": "gantry.replica"}):
+        c.remove(force=True)
+    client.close()
+
+
+@pytest.fixture
+def docker_pool(docker_client, db):
+    region = make_region("docker-local", "Docker on this machine")
+    return make_pool(
+        region,
+        "cpu-docker",
+        "cpu",
+        [("dockerhost", 2)],
+        driver="docker",
+        config={"docker_url": django_settings.DOCKER_HOST, "port_range": [31000, 31099]},
+    )

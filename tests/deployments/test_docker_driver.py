@@ -1,50 +1,12 @@
 """The `docker` driver against the real Docker engine, running the real llama.cpp image."""
 
-import os
-
 import pytest
-from django.conf import settings
 
 from deployments.engines import DEMO_MODEL_REF
 from deployments.models import Deployment, DeploymentStatus, Node, Replica
-from tests.conftest import need
-from tests.deployments.conftest import chat, make_pool, make_region, reconcile_until
+from tests.deployments.conftest import chat, reconcile_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def docker_client():
-    sock = settings.DOCKER_HOST
-    need(
-        sock.startswith("unix://") and os.path.exists(sock.removeprefix("unix://")),
-        f"a Docker engine at {sock}",
-    )
-    import docker
-
-    client = docker.DockerClient(base_url=sock)
-    image = settings.GANTRY_ENGINE_IMAGES["llama.cpp"]
-    try:
-        client.images.get(image)
-    except docker.errors.ImageNotFound:
-        need(False, f"the engine image {image} (scripts/build-engine-images.sh builds it)")
-    yield client
-    for c in client.containers.list(all=True, filters={"label": "gantry.replica"}):
-        c.remove(force=True)
-    client.close()
-
-
-@pytest.fixture
-def docker_pool(docker_client, db):
-    region = make_region("docker-local", "Docker on this machine")
-    return make_pool(
-        region,
-        "cpu-docker",
-        "cpu",
-        [("dockerhost", 2)],
-        driver="docker",
-        config={"docker_url": settings.DOCKER_HOST, "port_range": [31000, 31099]},
-    )
 
 
 def test_create_run_complete_delete_on_docker_with_the_real_worker(
