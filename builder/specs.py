@@ -218,24 +218,18 @@ def _quote(value: str) -> str:
 
 def render_dockerfile(spec: dict, *, build_id: int, org: str, name: str) -> str:
     """The engine's template filled with validated values. No user text is pasted raw:
-    labels and variables are JSON-quoted; the weights are not copied in."""
+    variables are JSON-quoted; the weights are not copied in. Two steps, so a rebuild
+    after a config-only change is quick."""
     env = {
         "GANTRY_ENGINE": spec["engine"],
         "GANTRY_MAX_CONTEXT": str(spec["max_context"] or 0),
         **spec["env"],
     }
     env_lines = " \\\n    ".join(f"{k}={_quote(v)}" for k, v in sorted(env.items()))
-    labels = {
-        "org.gantry.build": str(build_id),
-        "org.gantry.org": org,
-        "org.gantry.model": name,
-        "org.gantry.engine": f"{spec['engine']}-{spec['engine_version']}",
-    }
-    label_lines = " \\\n      ".join(f"{k}={_quote(v)}" for k, v in labels.items())
     return (
-        f"# Rendered by Gantry from a validated build spec; edit the spec, not this file.\n"
+        f"# Rendered by Gantry from a validated build spec (build {build_id}, {org}/{name}); "
+        "edit the spec, not this file.\n"
         f"FROM {spec['base_image']}\n"
-        f"LABEL {label_lines}\n"
         f"ENV {env_lines}\n"
         f"COPY gantry-spec.json /etc/gantry/spec.json\n"
     )
