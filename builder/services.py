@@ -20,7 +20,7 @@ from builder import specs
 from builder.inspection import ModelFacts, inspect_folder, inspect_gguf, inspect_hub
 from builder.models import Build, BuildStatus, Upload, WeightsCache
 from deployments.models import GpuType, Node
-from marketplace.fit import BYTES_PER_PARAM, estimate, gpu_memory_gib
+from marketplace.fit import BYTES_PER_PARAM, estimate, format_price, gpu_memory_gib
 from marketplace.models import CatalogModel, Managed, ServingProfile
 
 log = logging.getLogger(__name__)
@@ -180,6 +180,7 @@ def largest_fit(facts: ModelFacts, quantization: str = "") -> list[dict]:
                 "gpu_type": gpu.code,
                 "gpu_name": gpu.name,
                 "gpu_count": count,
+                "price_per_hour": format_price(gpu.price_per_hour_cents * count),
                 "fits": fit.fits,
                 "required_gib": fit.required_gib,
                 "available_gib": fit.available_gib,

@@ -4,10 +4,12 @@
 """
 
 import sys
+import time
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 BASE = sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8000"
 OUT = Path(__file__).parent / "screenshots"
 ARGS = [
@@ -30,6 +32,7 @@ PAGES = [
     ("deployments.png", "/deployments/"),
     ("deployment.png", None),  # the demo deployment's own page, once it runs
     ("capacity.png", "/capacity/"),
+    ("build-new.png", "/builds/new/"),
 ]
 
 
@@ -54,6 +57,19 @@ def main() -> None:
                 page.get_by_test_id("new-key").wait_for()
             page.screenshot(path=str(OUT / name), full_page=True)
             print("wrote", OUT / name)
+        # A custom build from an uploaded GGUF (needs the Docker engine and `make images`).
+        from deployments.demo_model import write_demo_gguf
+
+        gguf = write_demo_gguf(Path("/tmp/gantry-screenshot/tiny.gguf"))
+        page.goto("/builds/new/")
+        page.get_by_label("Model name").fill(f"my-model-{int(time.time()) % 10000}")
+        page.get_by_label("An upload").check()
+        page.set_input_files("#id_files", str(gguf))
+        page.get_by_role("button", name="Inspect").click()
+        page.get_by_role("button", name="Build image").click()
+        page.get_by_test_id("build-status").get_by_text("succeeded").wait_for(timeout=120_000)
+        page.screenshot(path=str(OUT / "build.png"), full_page=True)
+        print("wrote", OUT / "build.png")
         browser.close()
 
 
