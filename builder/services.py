@@ -19,6 +19,7 @@ from django.utils import timezone
 from builder import specs
 from builder.inspection import ModelFacts, inspect_folder, inspect_gguf, inspect_hub
 from builder.models import Build, BuildStatus, Upload, WeightsCache
+from deployments.engines import PROGRESS_FILE
 from deployments.models import GpuType, Node
 from marketplace.fit import BYTES_PER_PARAM, estimate, format_price, gpu_memory_gib
 from marketplace.models import CatalogModel, Managed, ServingProfile
@@ -367,6 +368,10 @@ def build_start(*, build: Build) -> Build:
         finished_at=None,
     )
     cache = weights_cache_for(build)
+    folder = Path(cache.path)
+    folder.mkdir(parents=True, exist_ok=True)
+    if cache.status != WeightsCache.Status.READY:
+        _progress(folder, "pending", 0, sum(size for _, size in _weights_files(build)))
     transaction.on_commit(lambda: run_build.delay(build.pk))
     transaction.on_commit(lambda: prefetch_weights.delay(cache.pk, build.pk))
     build.refresh_from_db()
@@ -401,6 +406,14 @@ def _weights_files(build: Build) -> list[list]:
     return [f for f in files if f[0].endswith((".safetensors", ".json", ".model", ".txt"))]
 
 
+def _progress(folder: Path, status: str, done: int, total: int, error: str = "") -> None:
+    tmp = folder / f".{PROGRESS_FILE}.tmp"
+    tmp.write_text(
+        json.dumps({"status": status, "bytes_done": done, "bytes_total": total, "error": error})
+    )
+    tmp.replace(folder / PROGRESS_FILE)
+
+
 def weights_prefetch(*, cache_id: int, build_id: int) -> WeightsCache:
     """Fill the cache: download (resumably, checking sizes) or copy the model files.
     Idempotent: files already there at the right size are kept."""
@@ -416,6 +429,9 @@ def weights_prefetch(*, cache_id: int, build_id: int) -> WeightsCache:
         bytes_total=total,
         error="",
     )
+    # Deployments learn about the fetch from this file beside the weights (the deployments
+    # layer knows nothing of builds): they wait, showing the progress, instead of failing.
+    _progress(folder, "fetching", 0, total)
     done = 0
     try:
         for name, size in files:
@@ -446,15 +462,18 @@ def weights_prefetch(*, cache_id: int, build_id: int) -> WeightsCache:
                 )
             done += target.stat().st_size
             WeightsCache.objects.filter(pk=cache.pk).update(bytes_done=done)
+            _progress(folder, "fetching", done, total)
     except Exception as exc:
         WeightsCache.objects.filter(pk=cache.pk).update(
             status=WeightsCache.Status.FAILED, error=str(exc)[:2000]
         )
+        _progress(folder, "failed", done, total, error=str(exc)[:300])
         log.warning("weights %s failed: %s", cache.key, exc)
         raise
     WeightsCache.objects.filter(pk=cache.pk).update(
         status=WeightsCache.Status.READY, bytes_done=done, bytes_total=max(total, done)
     )
+    (folder / PROGRESS_FILE).unlink(missing_ok=True)
     cache.refresh_from_db()
     return cache
 

@@ -68,7 +68,7 @@ def validate_model_ref(engine: str, model_ref: str) -> str:
         if not any(resolved.is_relative_to(d) for d in model_dirs()):
             allowed = ", ".join(str(d) for d in model_dirs())
             raise ValidationError({"model_ref": f"Model files must be under: {allowed}."})
-        if not resolved.is_file():
+        if not resolved.is_file() and weights_progress(resolved) is None:
             raise ValidationError({"model_ref": f"No file at {resolved}."})
         return str(resolved)
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", model_ref):
@@ -76,6 +76,23 @@ def validate_model_ref(engine: str, model_ref: str) -> str:
             {"model_ref": "Use a Hugging Face repo id, e.g. Qwen/Qwen2.5-7B-Instruct."}
         )
     return model_ref
+
+
+PROGRESS_FILE = ".gantry-progress.json"
+
+
+def weights_progress(path: Path) -> dict | None:
+    """Progress of model files still being fetched into ``path``'s folder, as written by
+    whoever fills the weights cache ({"bytes_done", "bytes_total", "status"}); None when
+    nothing is on its way."""
+    import json
+
+    marker = Path(path).parent / PROGRESS_FILE
+    try:
+        data = json.loads(marker.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return data if data.get("status") in {"pending", "fetching", "failed"} else None
 
 
 def model_file(model_ref: str) -> Path:

@@ -29,7 +29,12 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from deployments.drivers import DriverError, DriverUnavailable, ReplicaSpec, driver_for
-from deployments.engines import validate_engine_args, validate_model_ref
+from deployments.engines import (
+    model_file,
+    validate_engine_args,
+    validate_model_ref,
+    weights_progress,
+)
 from deployments.models import (
     ACTIVE_REPLICA_STATUSES,
     LIVE_REPLICA_STATUSES,
@@ -484,6 +489,11 @@ class _Pass:
         if d.next_attempt_at and self.now < d.next_attempt_at:
             self.requeue((d.next_attempt_at - self.now).total_seconds())
             return
+        waiting = self.weights_wait()
+        if waiting:
+            self.unschedulable = waiting
+            self.requeue(2)
+            return
         used = {r.ordinal for r in active}
         slots = [i for i in range(target + len(used)) if i not in used][:missing]
         if d.status not in {DeploymentStatus.RUNNING, DeploymentStatus.DEGRADED}:
@@ -506,6 +516,22 @@ class _Pass:
                 f"({r.gpus}×{d.gpu_type.name})",
                 r,
             )
+
+    def weights_wait(self) -> str:
+        """Why replicas must wait for their model files, or "" when they need not."""
+        if self.d.engine != "llama.cpp" or self.d.model_ref.startswith("demo:"):
+            return ""
+        path = model_file(self.d.model_ref)
+        if path.is_file():
+            return ""
+        progress = weights_progress(path)
+        if progress is None:
+            return f"the model file {path.name} is missing"
+        if progress.get("status") == "failed":
+            return f"fetching the model weights failed: {progress.get('error', '')}".strip()
+        done, total = progress.get("bytes_done", 0), progress.get("bytes_total", 0)
+        pct = f"{100 * done // total}%, " if total else ""
+        return f"waiting for the model weights ({pct}{done:,} of {total:,} bytes)"
 
     def start_pending(self) -> None:
         for r in self.live():

@@ -102,3 +102,41 @@ def test_private_model_of_a_build_is_invisible_to_another_org(
     deploy = b_api.post("/api/v1/deployments", {"model": "secret-model"}, format="json")
     assert deploy.status_code == 400 and "No model 'secret-model'" in deploy.json()["model"][0]
     assert api_client_for(org_a).get("/api/v1/models/secret-model").status_code == 200
+
+
+def test_a_deployment_waits_for_the_weights_and_shows_the_progress(
+    org_a, api_client_for, demo_gguf, local_pool, django_capture_on_commit_callbacks
+):
+    """Deployed before its weights are cached, a build's model waits (pending, with the
+    progress) and starts once the prefetch has filled the cache."""
+    from builder import services
+    from deployments.models import Deployment
+    from tests.deployments.conftest import reconcile_until
+
+    upload = services.upload_create(
+        organization=org_a,
+        user=owner_of(org_a),
+        files=[SimpleUploadedFile("tiny.gguf", demo_gguf.read_bytes())],
+    )
+    build = services.build_create(
+        organization=org_a,
+        user=owner_of(org_a),
+        name="waits",
+        source_kind="upload",
+        upload_id=upload.pk,
+    )
+    with django_capture_on_commit_callbacks(execute=False):
+        build = services.build_start(build=build)  # queued: prefetch not run yet
+    services.register_catalog_entry(build=build, image="gantry/llamacpp:0.3.36")
+    api = api_client_for(org_a)
+    response = api.post(
+        "/api/v1/deployments", {"model": "waits", "regions": ["local"]}, format="json"
+    )
+    assert response.status_code == 201, response.content
+    d = Deployment.objects.get()
+    reconcile_until(d, lambda d: d.status == "pending", what="pending")
+    assert d.status_reason.startswith("waiting for the model weights (0%, 0 of ")
+    assert not d.replicas.exists()
+    cache = services.weights_cache_for(build)
+    services.weights_prefetch(cache_id=cache.pk, build_id=build.pk)
+    reconcile_until(d, lambda d: d.status == "running", what="running once the weights are in")
