@@ -131,6 +131,24 @@ def inspect_hub(*, repo_id: str, revision: str = "", token: str = "") -> ModelFa
         facts.parameters = int(info.safetensors.total or 0)
         facts.parameter_dtypes = dict(info.safetensors.parameters or {})
         facts.total_bytes = sum(size for name, size in facts.files if name.endswith(".safetensors"))
+    elif any(name.endswith(".safetensors") for name in names):
+        # No summary in the model info: read the safetensors headers (ranged requests).
+        try:
+            meta = api.get_safetensors_metadata(repo_id, revision=facts.revision, token=token)
+        except (
+            errors.HfHubHTTPError,
+            errors.NotASafetensorsRepoError,
+            httpx2.HTTPError,
+            OSError,
+            ValueError,
+        ) as exc:
+            raise ValidationError(
+                {"repo_id": f"Cannot read the safetensors headers: {exc}"}
+            ) from exc
+        facts.format = "safetensors"
+        facts.parameter_dtypes = dict(meta.parameter_count)
+        facts.parameters = sum(meta.parameter_count.values())
+        facts.total_bytes = sum(size for name, size in facts.files if name.endswith(".safetensors"))
     elif ggufs:
         facts.format = "gguf"
         facts.total_bytes = max(size for _, size in ggufs)

@@ -406,6 +406,43 @@ def _weights_files(build: Build) -> list[list]:
     return [f for f in files if f[0].endswith((".safetensors", ".json", ".model", ".txt"))]
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verify_hash(build: Build, name: str, target: Path) -> None:
+    """Check a fetched file against the hash its source gives: the upload's SHA-256 for a
+    single-file upload, the hub's ETag where it is a SHA-256 (large files)."""
+    expected = ""
+    if (
+        build.source_kind == Build.Source.UPLOAD
+        and build.upload
+        and build.upload.kind == Upload.Kind.GGUF
+    ):
+        expected = build.upload.sha256
+    elif build.source_kind == Build.Source.HUGGINGFACE:
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+        meta = get_hf_file_metadata(
+            hf_hub_url(
+                build.repo_id,
+                name,
+                revision=build.resolved_revision,
+                endpoint=settings.HF_ENDPOINT or None,
+            ),
+            token=token_decrypt(build.token_encrypted) or None,
+        )
+        etag = (meta.etag or "").strip('"')
+        expected = etag if re.fullmatch(r"[0-9a-f]{64}", etag) else ""
+    if expected and _sha256(target) != expected:
+        target.unlink(missing_ok=True)
+        raise ValidationError({"weights": f"{name}: its SHA-256 does not match the source's."})
+
+
 def _progress(folder: Path, status: str, done: int, total: int, error: str = "") -> None:
     tmp = folder / f".{PROGRESS_FILE}.tmp"
     tmp.write_text(
@@ -456,6 +493,7 @@ def weights_prefetch(*, cache_id: int, build_id: int) -> WeightsCache:
                 tmp = target.with_name(f".{name}.partial")
                 shutil.copyfile(src, tmp)
                 tmp.replace(target)
+            _verify_hash(build, name, target)
             if size and target.stat().st_size != size:
                 raise ValidationError(
                     {"weights": (f"{name}: got {target.stat().st_size} bytes, expected {size}.")}

@@ -227,3 +227,45 @@ def test_dockerfile_is_rendered_from_validated_values_only(org_a, demo_gguf, loc
     assert "COPY gantry-spec.json /etc/gantry/spec.json" in text
     assert not any(line.startswith(("RUN", "ADD", "CMD", "ENTRYPOINT")) for line in lines)
     assert "tiny.gguf" not in text  # weights are never baked in
+
+
+def test_safetensors_headers_are_read_when_the_hub_gives_no_summary(hub, org_a, local_pool):
+    add_safetensors_repo(hub, "acme/no-summary")
+    del hub.models["acme/no-summary"]["safetensors"]
+    from builder.services import source_inspect
+
+    facts, _, _ = source_inspect(
+        organization=org_a, source_kind="huggingface", repo_id="acme/no-summary"
+    )
+    assert facts.parameter_dtypes == {"BF16": 128 * 64 + 64 * 64}
+    # Read with ranged requests on the weights file: its header only, never the whole file.
+    assert any("model.safetensors" in r for r in hub.requests)
+
+
+def test_a_fetched_file_whose_hash_does_not_match_is_refused(hub, org_a, demo_gguf, local_pool):
+    from builder import services
+    from builder.models import WeightsCache
+
+    hub.add_model("acme/tampered", license="mit")
+    hub.add_files(
+        "acme/tampered",
+        {"t.gguf": demo_gguf.read_bytes()},
+        gguf={"total": 1, "architecture": "llama", "context_length": 512},
+    )
+    build = services.build_create(
+        organization=org_a,
+        user=owner_of(org_a),
+        name="tampered",
+        source_kind="huggingface",
+        repo_id="acme/tampered",
+    )
+    # The file changes on its way (same size, other bytes), so its hash no longer matches.
+    original = hub.files["acme/tampered"]["t.gguf"]
+    good_etag = __import__("hashlib").sha256(original).hexdigest()
+    hub.files["acme/tampered"]["t.gguf"] = original[:-4] + b"XXXX"
+    hub.fixed_etags = {"t.gguf": good_etag}
+    cache = services.weights_cache_for(build)
+    with pytest.raises(Exception, match="SHA-256 does not match"):
+        services.weights_prefetch(cache_id=cache.pk, build_id=build.pk)
+    cache.refresh_from_db()
+    assert cache.status == WeightsCache.Status.FAILED
