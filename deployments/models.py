@@ -223,6 +223,8 @@ class Replica(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     ready_at = models.DateTimeField(null=True, blank=True)
     stopped_at = models.DateTimeField(null=True, blank=True)
+    # How far this replica's GPU time is in the usage ledger.
+    metered_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [

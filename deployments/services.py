@@ -25,9 +25,10 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, Sum
 from django.utils import timezone
 
+from billing import services as billing
 from deployments.drivers import DriverError, DriverUnavailable, ReplicaSpec, driver_for
 from deployments.engines import (
     model_file,
@@ -164,6 +165,21 @@ def deployment_create(
             desired = _validate_int(errors, "replicas", replicas, low, high)
     if errors:
         raise ValidationError(errors)
+    # Capacity is promised here: check the organization's quotas under its lock.
+    quota = billing.quota_lock(organization)
+    billing.quota_check_deployments(
+        quota,
+        current=Deployment.objects.filter(
+            organization=organization, deleted_at__isnull=True
+        ).count(),
+    )
+    billing.quota_check_gpus(
+        quota,
+        gpu_type=gpu.code,
+        gpu_label=gpu.name,
+        committed=committed_gpus(organization, gpu.code),
+        extra=desired * gpus,
+    )
     deployment = Deployment.objects.create(
         organization=organization,
         name=name,
@@ -207,6 +223,15 @@ def deployment_scale(*, deployment: Deployment, replicas) -> Deployment:
             }
         )
     before = d.desired_replicas
+    if replicas > before:
+        quota = billing.quota_lock(d.organization)
+        billing.quota_check_gpus(
+            quota,
+            gpu_type=d.gpu_type.code,
+            gpu_label=d.gpu_type.name,
+            committed=committed_gpus(d.organization, d.gpu_type.code) - before * d.gpus_per_replica,
+            extra=replicas * d.gpus_per_replica,
+        )
     Deployment.objects.filter(pk=d.pk).update(
         desired_replicas=replicas,
         failure_count=0,
@@ -225,6 +250,14 @@ def deployment_scale(*, deployment: Deployment, replicas) -> Deployment:
     _enqueue_reconcile(d.pk)
     d.refresh_from_db()
     return d
+
+
+def committed_gpus(organization, gpu_type: str) -> int:
+    """GPUs of a type the organization's deployments ask for (desired, not yet deleted)."""
+    total = Deployment.objects.filter(
+        organization=organization, gpu_type__code=gpu_type, deleted_at__isnull=True
+    ).aggregate(g=Sum(F("desired_replicas") * F("gpus_per_replica")))["g"]
+    return total or 0
 
 
 def deployment_stop(*, deployment: Deployment) -> Deployment:
@@ -382,12 +415,37 @@ class _Pass:
         current = self.result.requeue_in
         self.result.requeue_in = seconds if current is None else min(current, seconds)
 
+    # --- metering -------------------------------------------------------------------
+
+    def meter(self, r: Replica, end, final: bool = False) -> None:
+        """GPU time from ready to `end` into the usage ledger, in minute windows keyed by
+        replica and window: a repeated pass (or one killed half-way) never counts twice."""
+        start = r.metered_until or r.ready_at
+        if start is None or end <= start:
+            return
+        covered = billing.meter_gpu_time(
+            organization_id=self.d.organization_id,
+            source=f"replica-{r.pk}",
+            deployment_id=self.d.pk,
+            deployment_name=self.d.name,
+            region=r.region.code,
+            gpu_type=self.d.gpu_type.code,
+            gpus=max(r.gpus, self.d.gpus_per_replica),
+            start=start,
+            end=end,
+            final=final,
+        )
+        if covered > start:
+            Replica.objects.filter(pk=r.pk).update(metered_until=covered)
+            r.metered_until = covered
+
     # --- replica transitions ----------------------------------------------------------
 
     def stop(self, r: Replica, why: str) -> None:
         Replica.objects.filter(pk=r.pk).update(status=ReplicaStatus.STOPPING)
         if r.handle:
             self.driver(r.pool).stop(r.handle)
+        self.meter(r, timezone.now(), final=True)
         release_replica_gpus(r.pk)
         Replica.objects.filter(pk=r.pk).update(
             status=ReplicaStatus.STOPPED, stopped_at=timezone.now(), exit_reason=why
@@ -401,6 +459,7 @@ class _Pass:
         )
 
     def fail(self, r: Replica, why: str) -> None:
+        self.meter(r, timezone.now(), final=True)
         if r.handle:
             try:
                 self.driver(r.pool).stop(r.handle)  # make sure nothing half-alive lingers
@@ -460,6 +519,7 @@ class _Pass:
                 else:
                     self.requeue(1)
             elif healthy:
+                self.meter(r, self.now)
                 if r.health_failures:
                     Replica.objects.filter(pk=r.pk).update(health_failures=0)
             else:
@@ -709,12 +769,13 @@ def local_pools_shutdown(*, why: str = "Gantry on this machine shut down") -> in
         driver = driver_for(pool)
         live = (
             Replica.objects.filter(pool=pool, status__in=LIVE_REPLICA_STATUSES)
-            .select_related("deployment", "node")
+            .select_related("deployment", "node", "region")
             .order_by("pk")
         )
         for r in live:
             if r.handle:
                 driver.stop(r.handle)
+            _Pass(r.deployment_id).meter(r, timezone.now(), final=True)
             release_replica_gpus(r.pk)
             Replica.objects.filter(pk=r.pk).update(
                 status=ReplicaStatus.STOPPED, stopped_at=timezone.now(), exit_reason=why

@@ -68,6 +68,7 @@ INSTALLED_APPS = [
     "deployments",
     "marketplace",
     "builder",
+    "billing",
 ]
 
 MIDDLEWARE = [

@@ -1,0 +1,281 @@
+"""Quotas, rates, the usage ledger and invoices.
+
+Callers above (deployments, the gateway) describe usage as data — organization id,
+deployment id and name, region and GPU-type codes — and call these functions; billing
+never imports them.
+"""
+
+from collections import defaultdict
+from datetime import UTC, date, datetime, timedelta
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from billing.models import (
+    GpuQuota,
+    GpuRate,
+    Invoice,
+    InvoiceLine,
+    Quota,
+    TokenRate,
+    UsageKind,
+    UsageRecord,
+)
+from portal.models import Organization
+
+WINDOW = timedelta(minutes=1)
+MICROS_PER_CENT = 10_000
+
+
+# --- Quotas ---------------------------------------------------------------------------
+
+
+def quota_lock(organization: Organization) -> Quota:
+    """The organization's quota row, locked until the caller's transaction ends. Every
+    capacity decision of the organization takes it first, so they happen one at a time."""
+    Quota.objects.get_or_create(organization=organization)
+    return Quota.objects.select_for_update().get(organization=organization)
+
+
+def quota_check_deployments(quota: Quota, *, current: int) -> None:
+    if quota.max_deployments is not None and current + 1 > quota.max_deployments:
+        raise ValidationError(
+            {
+                "quota": (
+                    f"Deployment quota reached: {current} of {quota.max_deployments} deployments."
+                )
+            }
+        )
+
+
+def gpu_limits(quota: Quota, gpu_type: str) -> list[GpuQuota]:
+    return list(quota.gpu_limits.filter(gpu_type=gpu_type))
+
+
+def quota_check_gpus(
+    quota: Quota, *, gpu_type: str, gpu_label: str, committed: int, extra: int
+) -> None:
+    """Refuse `extra` GPUs when the organization-wide limit of that type would be passed.
+    `committed` is what the organization already holds or asked for."""
+    for limit in gpu_limits(quota, gpu_type):
+        if limit.region == "" and committed + extra > limit.max_gpus:
+            raise ValidationError(
+                {
+                    "quota": (
+                        f"GPU quota: {gpu_label} is limited to {limit.max_gpus} for this "
+                        f"organization; {committed} in use or requested, this needs {extra} more."
+                    )
+                }
+            )
+
+
+def regions_within_quota(
+    quota: Quota, *, gpu_type: str, regions: list[str], gpus: int, used_by_region: dict[str, int]
+) -> list[str]:
+    """The regions where `gpus` more fit the organization's per-region limits."""
+    per_region = {q.region: q.max_gpus for q in gpu_limits(quota, gpu_type) if q.region}
+    return [
+        r
+        for r in regions
+        if r not in per_region or used_by_region.get(r, 0) + gpus <= per_region[r]
+    ]
+
+
+# --- Rates ----------------------------------------------------------------------------
+
+
+def gpu_rate_cents(gpu_type: str, at: datetime) -> int:
+    rate = GpuRate.objects.filter(gpu_type=gpu_type, effective_from__lte=at).first()
+    return rate.cents_per_hour if rate else 0
+
+
+def token_rates_cents(model: str, at: datetime) -> tuple[int, int]:
+    for name in (model, "*"):
+        rate = TokenRate.objects.filter(model=name, effective_from__lte=at).first()
+        if rate:
+            return rate.input_cents_per_million, rate.output_cents_per_million
+    return 0, 0
+
+
+# --- Metering -------------------------------------------------------------------------
+
+
+def _floor(t: datetime) -> datetime:
+    return t.replace(second=0, microsecond=0)
+
+
+def gpu_windows(start: datetime, end: datetime) -> list[tuple[datetime, datetime, float]]:
+    """Split [start, end) into minute windows: (window start, window end, seconds in it)."""
+    out = []
+    w = _floor(start)
+    while w < end:
+        w_end = w + WINDOW
+        seconds = (min(end, w_end) - max(start, w)).total_seconds()
+        if seconds > 0:
+            out.append((w, w_end, seconds))
+        w = w_end
+    return out
+
+
+def meter_gpu_time(
+    *,
+    organization_id: int,
+    source: str,
+    deployment_id: int | None,
+    deployment_name: str,
+    region: str,
+    gpu_type: str,
+    gpus: int,
+    start: datetime,
+    end: datetime,
+    final: bool = False,
+) -> datetime:
+    """Write the GPU-seconds of [start, end) for one source (a replica), one record per
+    minute window, keyed by source and window so a retried, duplicated or replayed call
+    never counts twice. Only complete windows are written unless `final` (the source
+    stopped). Returns how far the ledger now covers."""
+    records = []
+    covered = start
+    for w_start, w_end, seconds in gpu_windows(start, end):
+        if w_end > end and not final:
+            break
+        quantity = round(seconds * gpus)
+        rate = gpu_rate_cents(gpu_type, w_start)
+        records.append(
+            UsageRecord(
+                organization_id=organization_id,
+                kind=UsageKind.GPU_SECONDS,
+                quantity=quantity,
+                amount_micros=round(quantity * rate * MICROS_PER_CENT / 3600),
+                window_start=w_start,
+                window_end=w_end,
+                deployment_id=deployment_id,
+                deployment_name=deployment_name,
+                region=region,
+                gpu_type=gpu_type,
+                idempotency_key=f"gpu:{source}:{w_start.isoformat()}",
+            )
+        )
+        covered = min(end, w_end)
+    UsageRecord.objects.bulk_create(records, ignore_conflicts=True)
+    return covered
+
+
+def meter_tokens(
+    *,
+    organization_id: int,
+    request_id: str,
+    deployment_id: int | None,
+    deployment_name: str,
+    model: str,
+    input_tokens: int,
+    output_tokens: int,
+    at: datetime,
+) -> None:
+    rate_in, rate_out = token_rates_cents(model, at)
+    rows = []
+    for kind, qty, rate in (
+        (UsageKind.INPUT_TOKENS, input_tokens, rate_in),
+        (UsageKind.OUTPUT_TOKENS, output_tokens, rate_out),
+    ):
+        if qty:
+            rows.append(
+                UsageRecord(
+                    organization_id=organization_id,
+                    kind=kind,
+                    quantity=qty,
+                    amount_micros=round(qty * rate * MICROS_PER_CENT / 1_000_000),
+                    window_start=at,
+                    window_end=at,
+                    deployment_id=deployment_id,
+                    deployment_name=deployment_name,
+                    model=model,
+                    idempotency_key=f"tok:{request_id}:{kind}",
+                )
+            )
+    UsageRecord.objects.bulk_create(rows, ignore_conflicts=True)
+
+
+# --- Invoices -------------------------------------------------------------------------
+
+
+def month_start(d: date | datetime) -> date:
+    return date(d.year, d.month, 1)
+
+
+def next_month(d: date) -> date:
+    return date(d.year + (d.month == 12), d.month % 12 + 1, 1)
+
+
+@transaction.atomic
+def invoice_close(*, organization: Organization, period_start: date) -> Invoice:
+    """The month's invoice, one line per deployment and kind, from the ledger. Closing
+    again gives the same invoice: lines are recomputed from the same records."""
+    period_start = month_start(period_start)
+    start = datetime(period_start.year, period_start.month, 1, tzinfo=UTC)
+    end_d = next_month(period_start)
+    end = datetime(end_d.year, end_d.month, 1, tzinfo=UTC)
+    invoice, _ = (
+        Invoice.objects.select_for_update()
+        .exclude(status=Invoice.Status.VOID)
+        .get_or_create(organization=organization, period_start=period_start)
+    )
+    if invoice.status == Invoice.Status.CLOSED:
+        return invoice
+    sums = (
+        UsageRecord.objects.filter(
+            organization=organization, window_start__gte=start, window_start__lt=end
+        )
+        .values("deployment_name", "kind")
+        .annotate(quantity=Sum("quantity"), micros=Sum("amount_micros"))
+        .order_by("deployment_name", "kind")
+    )
+    invoice.lines.all().delete()
+    lines = [
+        InvoiceLine(
+            invoice=invoice,
+            deployment_name=s["deployment_name"],
+            kind=s["kind"],
+            quantity=s["quantity"],
+            amount_cents=round(s["micros"] / MICROS_PER_CENT),
+        )
+        for s in sums
+    ]
+    InvoiceLine.objects.bulk_create(lines)
+    invoice.total_cents = sum(line.amount_cents for line in lines)
+    if timezone.now() >= end:
+        invoice.status = Invoice.Status.CLOSED
+        invoice.closed_at = timezone.now()
+    invoice.save()
+    return invoice
+
+
+def usage_lines(*, organization: Organization, start: datetime, end: datetime) -> list[dict]:
+    rows = (
+        UsageRecord.objects.filter(
+            organization=organization, window_start__gte=start, window_start__lt=end
+        )
+        .values("deployment_name", "kind")
+        .annotate(quantity=Sum("quantity"), micros=Sum("amount_micros"))
+        .order_by("deployment_name", "kind")
+    )
+    return [
+        {
+            "deployment": r["deployment_name"],
+            "kind": r["kind"],
+            "quantity": r["quantity"],
+            "amount": f"{r['micros'] / 1_000_000:.6f}",
+        }
+        for r in rows
+    ]
+
+
+def usage_by_day(*, organization: Organization, start: datetime, end: datetime) -> dict:
+    days: dict = defaultdict(lambda: defaultdict(int))
+    for r in UsageRecord.objects.filter(
+        organization=organization, window_start__gte=start, window_start__lt=end
+    ).values("window_start", "kind", "quantity"):
+        days[r["window_start"].date().isoformat()][r["kind"]] += r["quantity"]
+    return {d: dict(v) for d, v in sorted(days.items())}
