@@ -269,3 +269,20 @@ class DeploymentViewSet(viewsets.GenericViewSet):
                 "log": services.replica_logs(replica=replica, tail=tail),
             }
         )
+
+
+class QuotaOut(serializers.Serializer):
+    name = serializers.CharField()
+    region = serializers.CharField(allow_blank=True)
+    gpu_type = serializers.CharField(allow_blank=True)
+    limit = serializers.IntegerField(allow_null=True)
+    used = serializers.IntegerField()
+
+
+@extend_schema(responses=QuotaOut(many=True))
+@api_view(["GET"])
+def quotas(request):
+    """The organization's limits, with what it uses of each (GPUs asked for by its
+    deployments; deployments; this month's spend in cents)."""
+    require(request.membership, "usage.view")
+    return Response(QuotaOut(selectors.quota_usage(org=request.org), many=True).data)

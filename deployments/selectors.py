@@ -1,4 +1,4 @@
-from django.db.models import Count, Prefetch, Q, QuerySet, Sum
+from django.db.models import Count, F, Prefetch, Q, QuerySet, Sum
 
 from deployments.models import (
     LIVE_REPLICA_STATUSES,
@@ -72,3 +72,67 @@ def org_gpu_usage(*, org: Organization) -> dict:
     return Replica.objects.filter(
         deployment__organization=org, status__in=LIVE_REPLICA_STATUSES
     ).aggregate(gpus=Sum("gpus"), replicas=Count("id", filter=Q(gpus__gt=0)))
+
+
+def quota_usage(*, org: Organization) -> list[dict]:
+    """Each limit of the organization's quota next to what it uses."""
+    from datetime import UTC, datetime
+
+    from billing.models import Quota, UsageRecord
+
+    quota, _ = Quota.objects.get_or_create(organization=org)
+    live = Deployment.objects.filter(organization=org, deleted_at__isnull=True)
+    rows = [
+        {
+            "name": "deployments",
+            "region": "",
+            "gpu_type": "",
+            "limit": quota.max_deployments,
+            "used": live.count(),
+        }
+    ]
+    for limit in quota.gpu_limits.all().order_by("gpu_type", "region"):
+        if limit.region:
+            used = (
+                Replica.objects.filter(
+                    deployment__organization=org,
+                    status__in=LIVE_REPLICA_STATUSES,
+                    region__code=limit.region,
+                    pool__gpu_type__code=limit.gpu_type,
+                ).aggregate(g=Sum("gpus"))["g"]
+                or 0
+            )
+        else:
+            used = (
+                live.filter(gpu_type__code=limit.gpu_type).aggregate(
+                    g=Sum(F("desired_replicas") * F("gpus_per_replica"))
+                )["g"]
+                or 0
+            )
+        rows.append(
+            {
+                "name": "gpus",
+                "region": limit.region,
+                "gpu_type": limit.gpu_type,
+                "limit": limit.max_gpus,
+                "used": used,
+            }
+        )
+    now = datetime.now(UTC)
+    month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    micros = (
+        UsageRecord.objects.filter(organization=org, window_start__gte=month).aggregate(
+            m=Sum("amount_micros")
+        )["m"]
+        or 0
+    )
+    rows.append(
+        {
+            "name": "monthly_spend_cents",
+            "region": "",
+            "gpu_type": "",
+            "limit": quota.monthly_spend_limit_cents,
+            "used": round(micros / 10_000),
+        }
+    )
+    return rows

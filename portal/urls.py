@@ -6,6 +6,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
+from billing import api as billing_api
 from builder import api as builder_api
 from deployments import api as deployments_api
 from marketplace import api as marketplace_api
@@ -21,6 +22,7 @@ router.register("deployments", marketplace_api.CatalogDeploymentViewSet, basenam
 router.register("models", marketplace_api.CatalogViewSet, basename="model")
 router.register("builds", builder_api.BuildViewSet, basename="build")
 router.register("uploads", builder_api.UploadViewSet, basename="upload")
+router.register("invoices", billing_api.InvoiceViewSet, basename="invoice")
 
 portal_patterns = (
     [
@@ -44,6 +46,8 @@ api_v1 = [
     path("regions", deployments_api.region_list, name="regions"),
     path("gpu-types", deployments_api.gpu_type_list, name="gpu-types"),
     path("capacity", deployments_api.capacity, name="capacity"),
+    path("usage", billing_api.usage, name="usage"),
+    path("quotas", deployments_api.quotas, name="quotas"),
     *router.urls,
 ]
 

@@ -202,3 +202,18 @@ register("builder:detail", ("GET",), _build)
 register("builder:configure", ("POST",), _build)
 register("builder:start", ("POST",), _build)
 register("api:build-detail", ("GET",), _build, api=True)
+
+
+# --- billing --------------------------------------------------------------------------
+
+
+def _invoice(org: Organization, member):
+    from datetime import date
+
+    from billing.models import Invoice
+
+    inv = Invoice.objects.create(organization=org, period_start=date(2026, 1, 1))
+    return {"pk": inv.pk}, inv
+
+
+register("api:invoice-detail", ("GET",), _invoice, api=True)
