@@ -9,7 +9,7 @@ from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
@@ -159,7 +159,7 @@ def meter_gpu_time(
             )
         )
         covered = min(end, w_end)
-    UsageRecord.objects.bulk_create(records, ignore_conflicts=True)
+    usage_ingest(records)
     return covered
 
 
@@ -195,7 +195,51 @@ def meter_tokens(
                     idempotency_key=f"tok:{request_id}:{kind}",
                 )
             )
-    UsageRecord.objects.bulk_create(rows, ignore_conflicts=True)
+    usage_ingest(rows)
+
+
+_INGEST_COLUMNS = [
+    "organization_id",
+    "kind",
+    "quantity",
+    "amount_micros",
+    "window_start",
+    "window_end",
+    "deployment_id",
+    "deployment_name",
+    "region",
+    "gpu_type",
+    "model",
+    "idempotency_key",
+]
+
+
+def usage_ingest(records: list[UsageRecord], *, batch_size: int = 2000) -> None:
+    """Append priced records to the ledger; records whose idempotency key is already there
+    (or repeats within the batch) are skipped by the database: exactly once, whatever the
+    input repeats. On PostgreSQL the batch is streamed with COPY into a staging table and
+    merged with one INSERT … ON CONFLICT DO NOTHING."""
+    if not records:
+        return
+    if connection.vendor != "postgresql":
+        UsageRecord.objects.bulk_create(records, ignore_conflicts=True, batch_size=batch_size)
+        return
+    cols = ", ".join(_INGEST_COLUMNS)
+    now = timezone.now()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS billing_usage_stage ON COMMIT DELETE ROWS "
+            f"AS SELECT {cols} FROM billing_usagerecord WITH NO DATA"
+        )
+        with cursor.cursor.copy(f"COPY billing_usage_stage ({cols}) FROM STDIN") as copy:
+            for r in records:
+                copy.write_row([getattr(r, c) for c in _INGEST_COLUMNS])
+        cursor.execute(
+            f"INSERT INTO billing_usagerecord ({cols}, created_at) "
+            f"SELECT DISTINCT ON (idempotency_key) {cols}, %s FROM billing_usage_stage "
+            "ON CONFLICT (idempotency_key) DO NOTHING",
+            [now],
+        )
 
 
 # --- Invoices -------------------------------------------------------------------------
