@@ -13,6 +13,32 @@ class UsageKind(models.TextChoices):
     OUTPUT_TOKENS = "output_tokens", "Output tokens"
 
 
+class BillingAccount(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        PAST_DUE = "past_due", "Past due"
+        SUSPENDED = "suspended", "Suspended"
+
+    class OverLimit(models.TextChoices):
+        REFUSE = "refuse", "Refuse new capacity"
+        STOP = "stop", "Refuse new capacity and scale running deployments to zero"
+
+    organization = models.OneToOneField(
+        Organization, on_delete=models.CASCADE, related_name="billing_account"
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    plan = models.CharField(max_length=32, default="pay-as-you-go")
+    over_limit = models.CharField(max_length=8, choices=OverLimit.choices, default=OverLimit.REFUSE)
+    stripe_customer_id = models.CharField(max_length=64, blank=True)
+    soft_alert_sent_for = models.DateField(
+        null=True, blank=True, help_text="Month the soft alert was last raised."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.organization} ({self.status})"
+
+
 class Quota(models.Model):
     """An organization's limits. Its row is also the lock every capacity decision of the
     organization takes, so concurrent deploys cannot together exceed it."""

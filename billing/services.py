@@ -14,6 +14,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from billing.models import (
+    BillingAccount,
     GpuQuota,
     GpuRate,
     Invoice,
@@ -37,6 +38,63 @@ def quota_lock(organization: Organization) -> Quota:
     capacity decision of the organization takes it first, so they happen one at a time."""
     Quota.objects.get_or_create(organization=organization)
     return Quota.objects.select_for_update().get(organization=organization)
+
+
+def account_for(organization: Organization) -> BillingAccount:
+    account, _ = BillingAccount.objects.get_or_create(organization=organization)
+    return account
+
+
+def month_spend_cents(organization: Organization, at: datetime | None = None) -> int:
+    at = at or timezone.now()
+    start = at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    micros = (
+        UsageRecord.objects.filter(organization=organization, window_start__gte=start).aggregate(
+            m=Sum("amount_micros")
+        )["m"]
+        or 0
+    )
+    return round(micros / MICROS_PER_CENT)
+
+
+def capacity_allowed(organization: Organization, quota: Quota) -> None:
+    """New capacity is refused, with the reason, when the account is past due or suspended
+    or this month's spend has reached the hard limit."""
+    account = account_for(organization)
+    if account.status == BillingAccount.Status.PAST_DUE:
+        raise ValidationError(
+            {
+                "billing": (
+                    "This organization's account is past due: new capacity is refused until the "
+                    "open invoice is paid."
+                )
+            }
+        )
+    if account.status == BillingAccount.Status.SUSPENDED:
+        raise ValidationError({"billing": "This organization's account is suspended."})
+    limit = quota.monthly_spend_limit_cents
+    if limit is not None and month_spend_cents(organization) >= limit:
+        raise ValidationError(
+            {
+                "billing": (
+                    f"Monthly spend limit reached (${limit / 100:,.2f}): new capacity is refused."
+                )
+            }
+        )
+
+
+def spend_status(organization: Organization) -> dict:
+    quota, _ = Quota.objects.get_or_create(organization=organization)
+    spent = month_spend_cents(organization)
+    limit = quota.monthly_spend_limit_cents
+    percent = round(100 * spent / limit) if limit else None
+    return {
+        "spent_cents": spent,
+        "limit_cents": limit,
+        "percent": percent,
+        "soft": bool(limit and percent >= quota.soft_alert_percent),
+        "hard": bool(limit and spent >= limit),
+    }
 
 
 def quota_check_deployments(quota: Quota, *, current: int) -> None:

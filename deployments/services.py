@@ -167,6 +167,7 @@ def deployment_create(
         raise ValidationError(errors)
     # Capacity is promised here: check the organization's quotas under its lock.
     quota = billing.quota_lock(organization)
+    billing.capacity_allowed(organization, quota)
     billing.quota_check_deployments(
         quota,
         current=Deployment.objects.filter(
@@ -225,6 +226,7 @@ def deployment_scale(*, deployment: Deployment, replicas) -> Deployment:
     before = d.desired_replicas
     if replicas > before:
         quota = billing.quota_lock(d.organization)
+        billing.capacity_allowed(d.organization, quota)
         billing.quota_check_gpus(
             quota,
             gpu_type=d.gpu_type.code,
@@ -784,4 +786,38 @@ def local_pools_shutdown(*, why: str = "Gantry on this machine shut down") -> in
             stopped += 1
         for rt in driver.list():  # anything else still running there
             driver.stop(rt.handle)
+    return stopped
+
+
+def spend_limits_enforce() -> int:
+    """Scale to zero the running deployments of organizations past their hard monthly
+    spend limit that chose "stop" (the others only have new capacity refused)."""
+    from billing.models import BillingAccount, Quota
+
+    stopped = 0
+    orgs = Quota.objects.filter(monthly_spend_limit_cents__isnull=False).values_list(
+        "organization_id", flat=True
+    )
+    for account in BillingAccount.objects.filter(
+        organization_id__in=list(orgs), over_limit=BillingAccount.OverLimit.STOP
+    ).select_related("organization"):
+        state = billing.spend_status(account.organization)
+        if not state["hard"]:
+            continue
+        for d in Deployment.objects.filter(
+            organization=account.organization, deleted_at__isnull=True, desired_replicas__gt=0
+        ):
+            with transaction.atomic():
+                before = d.desired_replicas
+                Deployment.objects.filter(pk=d.pk).update(desired_replicas=0)
+                event(
+                    d,
+                    "spend_limit",
+                    (
+                        f"monthly spend limit reached (${state['spent_cents'] / 100:,.2f} of "
+                        f"${state['limit_cents'] / 100:,.2f}): scaled {before} → 0"
+                    ),
+                )
+                _enqueue_reconcile(d.pk)
+            stopped += 1
     return stopped

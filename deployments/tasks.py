@@ -42,3 +42,10 @@ def check_pools() -> int:
     for pool in pools:
         pool_check(pool=pool)
     return len(pools)
+
+
+@shared_task(acks_late=True)
+def enforce_spend_limits() -> int:
+    from deployments.services import spend_limits_enforce
+
+    return spend_limits_enforce()

@@ -22,6 +22,10 @@ app.conf.beat_schedule = {
         "task": "marketplace.tasks.sync_catalog",
         "schedule": float(settings.CATALOG_SYNC_INTERVAL_S),
     },
+    "enforce-spend-limits": {
+        "task": "deployments.tasks.enforce_spend_limits",
+        "schedule": 60.0,
+    },
     "check-pools": {
         "task": "deployments.tasks.check_pools",
         "schedule": 30.0,

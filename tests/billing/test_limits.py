@@ -1,0 +1,74 @@
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from billing import services as billing
+from billing.gpu_rates import ensure_default_rates
+from billing.models import BillingAccount, Quota
+from deployments.engines import DEMO_MODEL_REF
+from deployments.models import Deployment
+from deployments.services import spend_limits_enforce
+
+BODY = {"model_ref": DEMO_MODEL_REF, "gpu_type": "cpu", "regions": ["local"]}
+
+
+@pytest.fixture(autouse=True)
+def rates(db):
+    ensure_default_rates()
+
+
+def _spend(org, cents):
+    now = timezone.now().replace(second=0, microsecond=0)
+    billing.usage_ingest(
+        [
+            billing.UsageRecord(
+                organization=org,
+                kind="gpu_seconds",
+                quantity=1,
+                amount_micros=cents * 10_000,
+                window_start=now - timedelta(minutes=1),
+                window_end=now,
+                deployment_name="x",
+                idempotency_key=f"test-spend-{cents}",
+            )
+        ]
+    )
+
+
+def test_past_due_account_gets_new_deployments_refused(org_a, api_client_for, local_pool):
+    BillingAccount.objects.create(organization=org_a, status="past_due")
+    response = api_client_for(org_a).post(
+        "/api/v1/deployments", {**BODY, "name": "a"}, format="json"
+    )
+    assert response.status_code == 400
+    assert "past due: new capacity is refused" in response.json()["billing"][0]
+    assert not Deployment.objects.exists()
+
+
+def test_hard_spend_limit_refuses_new_capacity(org_a, api_client_for, local_pool):
+    Quota.objects.create(organization=org_a, monthly_spend_limit_cents=1000)
+    api = api_client_for(org_a)
+    assert api.post("/api/v1/deployments", {**BODY, "name": "a"}, format="json").status_code == 201
+    _spend(org_a, 1000)
+    response = api.post("/api/v1/deployments", {**BODY, "name": "b"}, format="json")
+    assert response.status_code == 400
+    assert "Monthly spend limit reached ($10.00)" in response.json()["billing"][0]
+    status = billing.spend_status(org_a)
+    assert status["hard"] and status["percent"] == 100
+
+
+def test_stop_policy_scales_running_deployments_to_zero_with_an_event(
+    org_a, api_client_for, local_pool
+):
+    Quota.objects.create(organization=org_a, monthly_spend_limit_cents=500, soft_alert_percent=80)
+    BillingAccount.objects.create(organization=org_a, over_limit="stop")
+    api = api_client_for(org_a)
+    d = api.post("/api/v1/deployments", {**BODY, "name": "a"}, format="json").json()
+    _spend(org_a, 420)
+    assert billing.spend_status(org_a)["soft"] and spend_limits_enforce() == 0
+    _spend(org_a, 100)
+    assert spend_limits_enforce() == 1
+    deployment = Deployment.objects.get(pk=d["id"])
+    assert deployment.desired_replicas == 0
+    assert deployment.events.filter(kind="spend_limit", message__contains="scaled 1 → 0").exists()
