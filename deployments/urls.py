@@ -18,4 +18,5 @@ urlpatterns = [
         name="replica_logs",
     ),
     path("capacity/", views.capacity, name="capacity"),
+    path("billing/", views.usage_page, name="usage"),
 ]

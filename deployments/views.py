@@ -169,3 +169,46 @@ def capacity(request: HttpRequest) -> HttpResponse:
         "deployments/capacity.html",
         {"rows": rows, "totals": totals, "regions": selectors.region_list()},
     )
+
+
+@org_required
+def usage_page(request: HttpRequest) -> HttpResponse:
+    """Usage & billing: spend, limits, quotas, charts, usage by deployment, invoices.
+    Lives here because it shows quota use (deployments) beside money (billing)."""
+    import calendar
+    from datetime import UTC, datetime, timedelta
+
+    from billing import services as billing
+    from billing.models import Invoice
+
+    require(request.membership, "usage.view")
+    now = datetime.now(UTC)
+    month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    days_in_month = calendar.monthrange(now.year, now.month)[1]
+    elapsed = (now - month).total_seconds() / (days_in_month * 86400)
+    spend = billing.spend_status(request.org)
+    forecast = round(spend["spent_cents"] / elapsed) if elapsed > 0.01 else spend["spent_cents"]
+    by_day = billing.usage_by_day(
+        organization=request.org, start=now - timedelta(days=30), end=now + timedelta(seconds=1)
+    )
+    chart = {
+        "days": list(by_day),
+        "gpu_hours": [round(v.get("gpu_seconds", 0) / 3600, 3) for v in by_day.values()],
+        "tokens": [v.get("input_tokens", 0) + v.get("output_tokens", 0) for v in by_day.values()],
+    }
+    may_bill = can(request.membership.role, "billing.view")
+    return render(
+        request,
+        "billing/usage.html",
+        {
+            "spend": spend,
+            "forecast_cents": forecast,
+            "quotas": selectors.quota_usage(org=request.org),
+            "lines": billing.usage_lines(
+                organization=request.org, start=month, end=now + timedelta(seconds=1)
+            ),
+            "chart": chart,
+            "invoices": Invoice.objects.filter(organization=request.org) if may_bill else None,
+            "account": billing.account_for(request.org),
+        },
+    )

@@ -217,3 +217,4 @@ def _invoice(org: Organization, member):
 
 
 register("api:invoice-detail", ("GET",), _invoice, api=True)
+register("billing:invoice", ("GET",), _invoice)

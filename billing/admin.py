@@ -1,0 +1,112 @@
+from django.contrib import admin, messages
+
+from billing import services
+from billing.models import (
+    BillingAccount,
+    GpuQuota,
+    GpuRate,
+    Invoice,
+    InvoiceLine,
+    Quota,
+    TokenRate,
+    UsageRecord,
+)
+
+
+@admin.register(BillingAccount)
+class BillingAccountAdmin(admin.ModelAdmin):
+    list_display = ["organization", "status", "plan", "over_limit", "stripe_customer_id"]
+    list_filter = ["status", "plan", "over_limit"]
+    search_fields = ["organization__slug"]
+    actions = ["suspend", "activate"]
+
+    @admin.action(description="Suspend (new capacity refused)")
+    def suspend(self, request, queryset):
+        queryset.update(status=BillingAccount.Status.SUSPENDED)
+
+    @admin.action(description="Activate")
+    def activate(self, request, queryset):
+        queryset.update(status=BillingAccount.Status.ACTIVE)
+
+
+class GpuQuotaInline(admin.TabularInline):
+    model = GpuQuota
+    extra = 1
+
+
+@admin.register(Quota)
+class QuotaAdmin(admin.ModelAdmin):
+    list_display = [
+        "organization",
+        "max_deployments",
+        "monthly_spend_limit_cents",
+        "soft_alert_percent",
+    ]
+    search_fields = ["organization__slug"]
+    inlines = [GpuQuotaInline]
+
+
+@admin.register(GpuRate)
+class GpuRateAdmin(admin.ModelAdmin):
+    list_display = ["gpu_type", "cents_per_hour", "effective_from"]
+    list_filter = ["gpu_type"]
+
+
+@admin.register(TokenRate)
+class TokenRateAdmin(admin.ModelAdmin):
+    list_display = [
+        "model",
+        "input_cents_per_million",
+        "output_cents_per_million",
+        "effective_from",
+    ]
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(admin.ModelAdmin):
+    list_display = [
+        "organization",
+        "kind",
+        "quantity",
+        "amount_micros",
+        "deployment_name",
+        "window_start",
+        "idempotency_key",
+    ]
+    list_filter = ["kind", "gpu_type", "region"]
+    search_fields = ["organization__slug", "deployment_name", "idempotency_key"]
+    date_hierarchy = "window_start"
+    list_select_related = ["organization"]
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # the ledger is append-only
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class InvoiceLineInline(admin.TabularInline):
+    model = InvoiceLine
+    extra = 0
+    readonly_fields = ["deployment_name", "kind", "quantity", "amount_cents"]
+    can_delete = False
+
+
+@admin.register(Invoice)
+class InvoiceAdmin(admin.ModelAdmin):
+    list_display = ["organization", "period_start", "status", "total_cents", "closed_at"]
+    list_filter = ["status", "period_start"]
+    search_fields = ["organization__slug"]
+    inlines = [InvoiceLineInline]
+    readonly_fields = ["total_cents", "closed_at"]
+    actions = ["void_and_reissue"]
+
+    @admin.action(description="Void and re-issue from the ledger")
+    def void_and_reissue(self, request, queryset):
+        for invoice in queryset.exclude(status=Invoice.Status.VOID):
+            invoice.status = Invoice.Status.VOID
+            invoice.save(update_fields=["status"])
+            new = services.invoice_close(
+                organization=invoice.organization, period_start=invoice.period_start
+            )
+            messages.info(request, f"{invoice} re-issued: {new.total_cents}¢")

@@ -1,0 +1,9 @@
+from django.urls import path
+
+from billing import views
+
+app_name = "billing"
+
+urlpatterns = [
+    path("billing/invoices/<int:pk>/", views.invoice_detail, name="invoice"),
+]
