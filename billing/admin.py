@@ -99,7 +99,19 @@ class InvoiceAdmin(admin.ModelAdmin):
     search_fields = ["organization__slug"]
     inlines = [InvoiceLineInline]
     readonly_fields = ["total_cents", "closed_at"]
-    actions = ["void_and_reissue"]
+    actions = ["void_and_reissue", "resync_stripe"]
+
+    @admin.action(description="Re-sync to Stripe")
+    def resync_stripe(self, request, queryset):
+        from billing import stripe_sync
+        from billing.tasks import push_invoice
+
+        if not stripe_sync.enabled():
+            messages.error(request, "Stripe is not configured.")
+            return
+        for invoice in queryset.filter(status=Invoice.Status.CLOSED):
+            push_invoice.delay(invoice.pk)
+        messages.info(request, "Queued.")
 
     @admin.action(description="Void and re-issue from the ledger")
     def void_and_reissue(self, request, queryset):

@@ -147,6 +147,7 @@ class Invoice(models.Model):
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.OPEN)
     total_cents = models.BigIntegerField(default=0)
     closed_at = models.DateTimeField(null=True, blank=True)
+    stripe_invoice_id = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -175,3 +176,14 @@ class InvoiceLine(models.Model):
 
     def __str__(self) -> str:
         return f"{self.deployment_name} {self.kind} {self.amount_cents}¢"
+
+
+class StripeEvent(models.Model):
+    """Webhook events already handled: Stripe retries and replays, each counts once."""
+
+    event_id = models.CharField(max_length=100, unique=True)
+    type = models.CharField(max_length=100)
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.event_id}"

@@ -350,8 +350,30 @@ def invoice_close(*, organization: Organization, period_start: date) -> Invoice:
     if timezone.now() >= end:
         invoice.status = Invoice.Status.CLOSED
         invoice.closed_at = timezone.now()
+        from billing import stripe_sync
+        from billing.tasks import push_invoice
+
+        if stripe_sync.enabled():
+            transaction.on_commit(lambda: push_invoice.delay(invoice.pk))
     invoice.save()
     return invoice
+
+
+def invoices_close_month(*, period_start: date) -> int:
+    """Close the month's invoice of every organization that used something in it."""
+    start = datetime(period_start.year, period_start.month, 1, tzinfo=UTC)
+    end_d = next_month(period_start)
+    end = datetime(end_d.year, end_d.month, 1, tzinfo=UTC)
+    org_ids = (
+        UsageRecord.objects.filter(window_start__gte=start, window_start__lt=end)
+        .values_list("organization_id", flat=True)
+        .distinct()
+    )
+    closed = 0
+    for org in Organization.objects.filter(pk__in=list(org_ids)):
+        invoice_close(organization=org, period_start=period_start)
+        closed += 1
+    return closed
 
 
 def usage_lines(*, organization: Organization, start: datetime, end: datetime) -> list[dict]:

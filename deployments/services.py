@@ -563,7 +563,7 @@ class _Pass:
             d.status = DeploymentStatus.PLACING
         for ordinal in slots:
             try:
-                r = place_replica(deployment=d, ordinal=ordinal)
+                r = self.place_within_quota(ordinal)
             except Unschedulable as exc:
                 self.unschedulable = exc.reason
                 self.requeue(settings.RECONCILE_INTERVAL_S)
@@ -594,6 +594,50 @@ class _Pass:
         done, total = progress.get("bytes_done", 0), progress.get("bytes_total", 0)
         pct = f"{100 * done // total}%, " if total else ""
         return f"waiting for the model weights ({pct}{done:,} of {total:,} bytes)"
+
+    def place_within_quota(self, ordinal: int) -> Replica:
+        """Place one replica; where the organization has per-region GPU limits, only in
+        regions still under them, deciding under the organization's quota lock."""
+        d = self.d
+        from billing.models import GpuQuota
+
+        if (
+            not GpuQuota.objects.filter(
+                quota__organization_id=d.organization_id, gpu_type=d.gpu_type.code
+            )
+            .exclude(region="")
+            .exists()
+        ):
+            return place_replica(deployment=d, ordinal=ordinal)
+        with transaction.atomic():
+            quota = billing.quota_lock(d.organization)
+            used = dict(
+                Replica.objects.filter(
+                    deployment__organization_id=d.organization_id,
+                    status__in=LIVE_REPLICA_STATUSES,
+                    pool__gpu_type=d.gpu_type,
+                )
+                .values("region__code")
+                .annotate(g=Sum("gpus"))
+                .values_list("region__code", "g")
+            )
+            allowed = billing.regions_within_quota(
+                quota,
+                gpu_type=d.gpu_type.code,
+                regions=list(d.regions),
+                gpus=d.gpus_per_replica,
+                used_by_region=used,
+            )
+            if not allowed:
+                raise Unschedulable(
+                    f"the organization's GPU quota is used up in {', '.join(d.regions)}"
+                )
+            original = d.regions
+            d.regions = allowed
+            try:
+                return place_replica(deployment=d, ordinal=ordinal)
+            finally:
+                d.regions = original
 
     def start_pending(self) -> None:
         for r in self.live():

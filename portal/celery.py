@@ -22,6 +22,10 @@ app.conf.beat_schedule = {
         "task": "marketplace.tasks.sync_catalog",
         "schedule": float(settings.CATALOG_SYNC_INTERVAL_S),
     },
+    "close-last-month-invoices": {
+        "task": "billing.tasks.close_last_month",
+        "schedule": 3600.0,  # idempotent: closed invoices stay as they are
+    },
     "enforce-spend-limits": {
         "task": "deployments.tasks.enforce_spend_limits",
         "schedule": 60.0,

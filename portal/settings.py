@@ -283,3 +283,10 @@ BUILDER_ALLOWED_PATHS = env.list("BUILDER_ALLOWED_PATHS", default=[])
 BUILDER_PULL_BASE_IMAGES = env.bool("BUILDER_PULL_BASE_IMAGES", default=False)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+
+# --- Billing --------------------------------------------------------------------------
+# Stripe is off unless both are set. STRIPE_API_BASE points the official client elsewhere
+# (a mock or a proxy); empty means Stripe itself.
+STRIPE_API_KEY = env.str("STRIPE_API_KEY", default="")
+STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
+STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")

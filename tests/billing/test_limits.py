@@ -72,3 +72,28 @@ def test_stop_policy_scales_running_deployments_to_zero_with_an_event(
     deployment = Deployment.objects.get(pk=d["id"])
     assert deployment.desired_replicas == 0
     assert deployment.events.filter(kind="spend_limit", message__contains="scaled 1 → 0").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_per_region_gpu_quota_holds_at_placement(org_a, api_client_for, local_pool):
+    from billing.models import GpuQuota
+    from tests.deployments.conftest import reconcile_until
+
+    ensure_default_rates()
+    quota = Quota.objects.create(organization=org_a)
+    GpuQuota.objects.create(quota=quota, region="local", gpu_type="cpu", max_gpus=1)
+    api = api_client_for(org_a)
+    a = Deployment.objects.get(
+        pk=api.post("/api/v1/deployments", {**BODY, "name": "a"}, format="json").json()["id"]
+    )
+    b = Deployment.objects.get(
+        pk=api.post("/api/v1/deployments", {**BODY, "name": "b"}, format="json").json()["id"]
+    )
+    reconcile_until(a, lambda d: d.status == "running", what="a running")
+    reconcile_until(
+        b,
+        lambda d: d.status == "pending" and "quota" in d.status_reason,
+        what="b held back by the region quota",
+    )
+    assert b.status_reason == "the organization's GPU quota is used up in local"
+    assert not b.replicas.exists()
