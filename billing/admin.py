@@ -3,6 +3,7 @@ from django.contrib import admin, messages
 from billing import services
 from billing.models import (
     BillingAccount,
+    Credit,
     GpuQuota,
     GpuRate,
     Invoice,
@@ -122,3 +123,18 @@ class InvoiceAdmin(admin.ModelAdmin):
                 organization=invoice.organization, period_start=invoice.period_start
             )
             messages.info(request, f"{invoice} re-issued: {new.total_cents}¢")
+
+
+@admin.register(Credit)
+class CreditAdmin(admin.ModelAdmin):
+    list_display = ["organization", "amount_cents", "reason", "created_at"]
+    search_fields = ["organization__slug", "reason"]
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # a credit is in the ledger; issue another to correct it
+
+    def save_model(self, request, obj, form, change):
+        credit = services.credit_issue(
+            organization=obj.organization, amount_cents=obj.amount_cents, reason=obj.reason
+        )
+        obj.pk = credit.pk

@@ -11,6 +11,7 @@ class UsageKind(models.TextChoices):
     GPU_SECONDS = "gpu_seconds", "GPU-seconds"
     INPUT_TOKENS = "input_tokens", "Input tokens"
     OUTPUT_TOKENS = "output_tokens", "Output tokens"
+    CREDIT = "credit", "Credit"
 
 
 class BillingAccount(models.Model):
@@ -187,3 +188,15 @@ class StripeEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.type} {self.event_id}"
+
+
+class Credit(models.Model):
+    """A credit staff grant; it enters the ledger as a negative amount."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="credits")
+    amount_cents = models.PositiveIntegerField()
+    reason = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.amount_cents}¢ to {self.organization}: {self.reason}"

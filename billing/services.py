@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from billing.models import (
     BillingAccount,
+    Credit,
     GpuQuota,
     GpuRate,
     Invoice,
@@ -298,6 +299,33 @@ def usage_ingest(records: list[UsageRecord], *, batch_size: int = 2000) -> None:
             "ON CONFLICT (idempotency_key) DO NOTHING",
             [now],
         )
+
+
+@transaction.atomic
+def credit_issue(*, organization: Organization, amount_cents: int, reason: str) -> Credit:
+    if amount_cents <= 0:
+        raise ValidationError({"amount_cents": "Give a positive amount in cents."})
+    if not reason.strip():
+        raise ValidationError({"reason": "Say why the credit is given."})
+    credit = Credit.objects.create(
+        organization=organization, amount_cents=amount_cents, reason=reason.strip()
+    )
+    now = timezone.now()
+    usage_ingest(
+        [
+            UsageRecord(
+                organization=organization,
+                kind=UsageKind.CREDIT,
+                quantity=1,
+                amount_micros=-amount_cents * MICROS_PER_CENT,
+                window_start=now,
+                window_end=now,
+                deployment_name="",
+                idempotency_key=f"credit:{credit.pk}",
+            )
+        ]
+    )
+    return credit
 
 
 # --- Invoices -------------------------------------------------------------------------

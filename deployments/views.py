@@ -162,12 +162,38 @@ def replica_logs(request: HttpRequest, pk: int, replica_pk: int) -> HttpResponse
 
 @staff_member_required
 def capacity(request: HttpRequest) -> HttpResponse:
+    from datetime import UTC, datetime
+
+    from django.db.models import Sum
+
+    from billing.models import UsageRecord
+
     rows = capacity_by_region_and_type()
     totals = {k: sum(r[k] for r in rows) for k in ("total", "allocated", "free")}
+    month = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    revenue = (
+        UsageRecord.objects.filter(window_start__gte=month)
+        .exclude(region="")
+        .values("region")
+        .annotate(micros=Sum("amount_micros"), gpu_seconds=Sum("quantity"))
+        .order_by("region")
+    )
     return render(
         request,
         "deployments/capacity.html",
-        {"rows": rows, "totals": totals, "regions": selectors.region_list()},
+        {
+            "rows": rows,
+            "totals": totals,
+            "regions": selectors.region_list(),
+            "revenue": [
+                {
+                    "region": r["region"],
+                    "cents": round(r["micros"] / 10_000),
+                    "gpu_hours": round(r["gpu_seconds"] / 3600, 1),
+                }
+                for r in revenue
+            ],
+        },
     )
 
 

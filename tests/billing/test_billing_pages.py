@@ -57,3 +57,28 @@ def test_members_without_the_billing_role_do_not_see_invoices(
 def test_month_start_helper_rolls_over_december():
     assert billing.next_month(date(2026, 12, 1)) == date(2027, 1, 1)
     assert billing.month_start(datetime(2026, 5, 31, 23, 59, tzinfo=UTC)) == date(2026, 5, 1)
+
+
+def test_staff_credit_enters_the_ledger_and_lowers_the_invoice(org_a, make_user, web_client):
+    now = timezone.now()
+    billing.meter_gpu_time(
+        organization_id=org_a.pk,
+        source="r1",
+        deployment_id=1,
+        deployment_name="chat",
+        region="eu-west",
+        gpu_type="h100-80gb",
+        gpus=8,
+        start=now.replace(second=0, microsecond=0) - timedelta(minutes=30),
+        end=now.replace(second=0, microsecond=0),
+        final=True,
+    )
+    before = billing.month_spend_cents(org_a)
+    billing.credit_issue(organization=org_a, amount_cents=500, reason="outage on the 3rd")
+    assert billing.month_spend_cents(org_a) == before - 500
+    with pytest.raises(Exception, match="positive amount"):
+        billing.credit_issue(organization=org_a, amount_cents=0, reason="x")
+    staff = make_user("ops", is_staff=True)
+    client = web_client(staff)
+    page = client.get(reverse("deployments:capacity")).content.decode()
+    assert "Revenue this month" in page and "eu-west" in page
