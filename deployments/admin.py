@@ -15,7 +15,8 @@ from deployments.models import (
 @admin.register(GpuType)
 class GpuTypeAdmin(admin.ModelAdmin):
     list_display = ["code", "name", "memory_gb", "price_per_hour_cents"]
-    list_editable = ["price_per_hour_cents"]
+    # Prices come from the billing rate table (GPU rates), refreshed every minute.
+    readonly_fields = ["price_per_hour_cents"]
 
 
 class PoolInline(admin.TabularInline):

@@ -49,3 +49,10 @@ def enforce_spend_limits() -> int:
     from deployments.services import spend_limits_enforce
 
     return spend_limits_enforce()
+
+
+@shared_task(acks_late=True)
+def refresh_gpu_prices() -> int:
+    from deployments.services import gpu_prices_refresh
+
+    return gpu_prices_refresh()

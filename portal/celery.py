@@ -26,6 +26,10 @@ app.conf.beat_schedule = {
         "task": "billing.tasks.close_last_month",
         "schedule": 3600.0,  # idempotent: closed invoices stay as they are
     },
+    "refresh-gpu-prices": {
+        "task": "deployments.tasks.refresh_gpu_prices",
+        "schedule": 60.0,
+    },
     "enforce-spend-limits": {
         "task": "deployments.tasks.enforce_spend_limits",
         "schedule": 60.0,

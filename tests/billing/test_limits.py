@@ -97,3 +97,20 @@ def test_a_per_region_gpu_quota_holds_at_placement(org_a, api_client_for, local_
     )
     assert b.status_reason == "the organization's GPU quota is used up in local"
     assert not b.replicas.exists()
+
+
+def test_gpu_prices_follow_the_rate_table(db):
+    from datetime import UTC, datetime
+
+    from billing.models import GpuRate
+    from deployments.models import GpuType
+    from deployments.services import gpu_prices_refresh
+
+    GpuRate.objects.create(
+        gpu_type="h100-80gb", cents_per_hour=249, effective_from=datetime(2026, 1, 1, tzinfo=UTC)
+    )
+    GpuRate.objects.create(
+        gpu_type="h100-80gb", cents_per_hour=999, effective_from=datetime(2099, 1, 1, tzinfo=UTC)
+    )  # not yet
+    assert gpu_prices_refresh() >= 1
+    assert GpuType.objects.get(code="h100-80gb").price_per_hour_cents == 249
