@@ -217,12 +217,13 @@ def usage_page(request: HttpRequest) -> HttpResponse:
     by_day = billing.usage_by_day(
         organization=request.org, start=now - timedelta(days=30), end=now + timedelta(seconds=1)
     )
+    days = [(now - timedelta(days=29 - i)).date().isoformat() for i in range(30)]
     chart = {
-        "days": list(by_day),
-        "gpu_hours": [round(v.get("gpu_seconds", 0) / 3600, 3) for v in by_day.values()],
-        "tokens": [v.get("input_tokens", 0) + v.get("output_tokens", 0) for v in by_day.values()],
-    }
-    may_bill = can(request.membership.role, "billing.view")
+        "days": days,
+        "gpu_hours": [round(by_day.get(d, {}).get("gpu_seconds", 0) / 3600, 3) for d in days],
+        "tokens": [by_day.get(d, {}).get("input_tokens", 0)
+                   + by_day.get(d, {}).get("output_tokens", 0) for d in days],
+    }    may_bill = can(request.membership.role, "billing.view")
     return render(
         request,
         "billing/usage.html",

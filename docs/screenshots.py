@@ -33,6 +33,7 @@ PAGES = [
     ("deployment.png", None),  # the demo deployment's own page, once it runs
     ("capacity.png", "/capacity/"),
     ("build-new.png", "/builds/new/"),
+    ("usage.png", "/billing/"),
 ]
 
 
