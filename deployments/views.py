@@ -221,9 +221,12 @@ def usage_page(request: HttpRequest) -> HttpResponse:
     chart = {
         "days": days,
         "gpu_hours": [round(by_day.get(d, {}).get("gpu_seconds", 0) / 3600, 3) for d in days],
-        "tokens": [by_day.get(d, {}).get("input_tokens", 0)
-                   + by_day.get(d, {}).get("output_tokens", 0) for d in days],
-    }    may_bill = can(request.membership.role, "billing.view")
+        "tokens": [
+            by_day.get(d, {}).get("input_tokens", 0) + by_day.get(d, {}).get("output_tokens", 0)
+            for d in days
+        ],
+    }
+    may_bill = can(request.membership.role, "billing.view")
     return render(
         request,
         "billing/usage.html",
