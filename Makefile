@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
+GATEWAY_PORT ?= $(shell expr $(PORT) + 1)
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: run test lint format bench install install-dev migrate clean images
@@ -31,9 +32,12 @@ run: migrate
 	$(BIN)/python manage.py demo
 	@echo ""
 	@echo "  Gantry is starting on http://$(HOST):$(PORT)/"
-	@echo "  Sign in as demo / gantry-demo — Ctrl-C stops the web server, worker and beat."
+	@echo "  OpenAI-compatible gateway: http://$(HOST):$(GATEWAY_PORT)/v1"
+	@echo "  Sign in as demo / gantry-demo — Ctrl-C stops the web server, gateway, worker and beat."
 	@echo ""
-	GANTRY_BIND=$(HOST):$(PORT) SITE_URL=http://$(HOST):$(PORT) $(BIN)/honcho start -f Procfile
+	GANTRY_BIND=$(HOST):$(PORT) SITE_URL=http://$(HOST):$(PORT) \
+	GANTRY_GATEWAY_HOST=$(HOST) GANTRY_GATEWAY_PORT=$(GATEWAY_PORT) \
+	GATEWAY_URL=http://$(HOST):$(GATEWAY_PORT) $(BIN)/honcho start -f Procfile
 
 ## The whole suite (real services where present; CI=true makes them mandatory).
 test: install-dev

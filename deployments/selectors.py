@@ -58,13 +58,15 @@ def region_list() -> QuerySet[Region]:
 
 
 def endpoint_of(deployment: Deployment) -> str | None:
-    """Where clients reach the model: a running replica's OpenAI base URL."""
+    """Where clients reach the model once a replica runs: the gateway's OpenAI base URL
+    (the deployment's name is the `model`)."""
+    from django.conf import settings
+
     replicas = getattr(deployment, "live_replicas", None)
     if replicas is None:
-        replicas = list(deployment.replicas.filter(status="running").order_by("ordinal"))
-    for r in replicas:
-        if r.status == "running" and r.url:
-            return f"{r.url}/v1"
+        replicas = list(deployment.replicas.filter(status="running"))
+    if any(r.status == "running" and r.url for r in replicas):
+        return f"{settings.GATEWAY_URL}/v1"
     return None
 
 

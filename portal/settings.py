@@ -69,6 +69,7 @@ INSTALLED_APPS = [
     "marketplace",
     "builder",
     "billing",
+    "gateway",
 ]
 
 MIDDLEWARE = [
@@ -290,3 +291,9 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 STRIPE_API_KEY = env.str("STRIPE_API_KEY", default="")
 STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
 STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="")
+
+# --- Gateway --------------------------------------------------------------------------
+GATEWAY_URL = env.str("GATEWAY_URL", default="http://127.0.0.1:8001").rstrip("/")
+# Client networks and their regions, for routing: "10.1.0.0/16=eu-west,10.2.0.0/16=us-east".
+GATEWAY_REGION_CIDRS = env.str("GATEWAY_REGION_CIDRS", default="")
+GATEWAY_ROUTE_TTL_S = env.float("GATEWAY_ROUTE_TTL_S", default=2.0)

@@ -16,9 +16,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port whose successor (the gateway's) is free too."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
 
 
 def get(url: str) -> int:
@@ -102,6 +110,39 @@ def test_make_run_serves_the_portal_and_stops_on_ctrl_c(tmp_path):
                 f"{url}/v1/chat/completions",
                 data=body,
                 headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=30) as r:
+                assert json.loads(r.read())["usage"]["completion_tokens"] > 0
+            # The same through the gateway, with an API key minted by the operator command.
+            key = subprocess.run(
+                [
+                    str(ROOT / ".venv" / "bin" / "python"),
+                    "manage.py",
+                    "create_api_key",
+                    "--org",
+                    "demo",
+                    "--user",
+                    "demo",
+                    "--name",
+                    "smoke",
+                ],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+            body = json.dumps(
+                {
+                    "model": "tiny-demo",
+                    "max_tokens": 4,
+                    "messages": [{"role": "user", "content": "hi"}],
+                }
+            ).encode()
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port + 1}/v1/chat/completions",
+                data=body,
+                headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
             )
             with urllib.request.urlopen(request, timeout=30) as r:
                 assert json.loads(r.read())["usage"]["completion_tokens"] > 0

@@ -40,6 +40,6 @@ def test_find_a_model_and_deploy_the_demo_in_three_clicks(page, celery_worker, o
     expect(page.get_by_test_id("status")).to_have_text("running", timeout=90_000)
     endpoint = page.get_by_test_id("endpoint").inner_text()
     assert endpoint.startswith("http://127.0.0.1:")
-    expect(page.locator("pre code").first).to_contain_text("curl " + endpoint)
+    expect(page.locator("pre code").first).to_contain_text(f"curl {endpoint}/chat/completions")
     d = Deployment.objects.get()
     assert d.source == "catalog:gantry-tiny-random-llama/cpu-f32"

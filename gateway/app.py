@@ -1,0 +1,337 @@
+"""The data plane: an ASGI app (Starlette) in its own process, off Django's request stack.
+
+It authenticates the API key, finds the deployment by `model`, picks a running replica —
+nearest region first, then the one with the fewest requests in flight — and passes the
+request through (streaming too), retrying another replica on a connection failure before
+the first byte. Token usage reported by the engine is queued and written to the billing
+ledger in batches, off the request path, and flushed on shutdown.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections import defaultdict
+
+import httpx
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route as Path
+
+from gateway import routes
+
+log = logging.getLogger("gateway")
+
+
+def error(status: int, message: str, type_: str, code: str, headers=None) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, "type": type_, "param": None, "code": code}},
+        status_code=status,
+        headers=headers,
+    )
+
+
+class Meter:
+    """Token usage on its way to the ledger: queued by requests, written in batches."""
+
+    def __init__(self):
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.task = None
+
+    def record(self, route: routes.Route, usage: dict | None) -> None:
+        if not usage:
+            return
+        self.queue.put_nowait((route, usage, time.time()))
+
+    async def run(self) -> None:
+        while True:
+            item = await self.queue.get()
+            batch = [item]
+            while not self.queue.empty() and len(batch) < 500:
+                batch.append(self.queue.get_nowait())
+            await sync_to_async(_write_usage, thread_sensitive=False)(batch)
+
+    async def flush(self) -> None:
+        batch = []
+        while not self.queue.empty():
+            batch.append(self.queue.get_nowait())
+        if batch:
+            await sync_to_async(_write_usage, thread_sensitive=False)(batch)
+
+
+def _write_usage(batch) -> None:
+    from datetime import UTC, datetime
+
+    from billing.services import meter_tokens
+
+    for route, usage, at in batch:
+        meter_tokens(
+            organization_id=route.organization_id,
+            request_id=uuid.uuid4().hex,
+            deployment_id=route.deployment_id,
+            deployment_name=route.name,
+            model=route.name,
+            input_tokens=int(usage.get("prompt_tokens") or 0),
+            output_tokens=int(usage.get("completion_tokens") or 0),
+            at=datetime.fromtimestamp(at, UTC),
+        )
+
+
+def create_app() -> Starlette:
+    registry = CollectorRegistry()
+    m_requests = Counter(
+        "gantry_gateway_requests_total", "Requests", ["model", "status"], registry=registry
+    )
+    m_latency = Histogram(
+        "gantry_gateway_request_seconds", "Request latency", ["model"], registry=registry
+    )
+    m_ttft = Histogram(
+        "gantry_gateway_time_to_first_token_seconds",
+        "Time to first byte",
+        ["model"],
+        registry=registry,
+    )
+    m_tokens = Counter(
+        "gantry_gateway_tokens_total", "Tokens", ["model", "kind"], registry=registry
+    )
+    m_inflight = Gauge(
+        "gantry_gateway_in_flight", "Requests in flight per replica", ["replica"], registry=registry
+    )
+
+    keys = routes.Cache(ttl=10.0)
+    org_routes = routes.Cache(ttl=routes.route_ttl())
+    locations = routes.Cache(ttl=60.0)
+    cidrs = routes.CidrTable(getattr(settings, "GATEWAY_REGION_CIDRS", ""))
+    in_flight: dict[int, int] = defaultdict(int)
+    pumps: set = set()  # engine reads still under way (kept referenced until done)
+    meter = Meter()
+    client = httpx.AsyncClient(
+        timeout=httpx.Timeout(600.0, connect=3.0),
+        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+    )
+
+    async def authenticate(request: Request):
+        header = request.headers.get("authorization", "")
+        raw = header[7:].strip() if header.lower().startswith("bearer ") else ""
+        hit, value = keys.get(raw)
+        if not hit:
+            value = await sync_to_async(routes.key_lookup, thread_sensitive=False)(raw)
+            keys.put(raw, value)
+        return value
+
+    async def org_table(org_id: int) -> dict[str, routes.Route]:
+        hit, value = org_routes.get(org_id)
+        if not hit:
+            value = await sync_to_async(routes.routes_for, thread_sensitive=False)(org_id)
+            org_routes.put(org_id, value)
+        return value
+
+    async def region_table():
+        hit, value = locations.get("all")
+        if not hit:
+            value = await sync_to_async(routes.region_locations, thread_sensitive=False)()
+            locations.put("all", value)
+        return value
+
+    async def ordered_targets(request: Request, route: routes.Route) -> list[routes.Target]:
+        client_region = request.headers.get("x-gantry-region") or cidrs.region_of(
+            request.client.host if request.client else ""
+        )
+        where = await region_table()
+        here = where.get(client_region)
+
+        def key(t: routes.Target):
+            far = routes.distance_km(here, where[t.region]) if here and t.region in where else 0.0
+            return (round(far), in_flight[t.replica_id], t.replica_id)
+
+        return sorted(route.targets, key=key)
+
+    async def proxy(request: Request, path: str) -> Response:
+        started = time.perf_counter()
+        auth = await authenticate(request)
+        if auth is None:
+            return error(
+                401, "Invalid or revoked API key.", "invalid_request_error", "invalid_api_key"
+            )
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return error(400, "The body must be JSON.", "invalid_request_error", "invalid_json")
+        name = str(body.get("model", ""))
+        route = (await org_table(auth[1])).get(name)
+        if route is None:
+            return error(
+                404,
+                f"The model `{name}` does not exist.",
+                "invalid_request_error",
+                "model_not_found",
+            )
+        targets = await ordered_targets(request, route)
+        if not targets:
+            return error(
+                503,
+                f"`{name}` has no running replica yet ({route.status}).",
+                "server_error",
+                "model_not_ready",
+                headers={"Retry-After": "5"},
+            )
+        stream = bool(body.get("stream"))
+        if stream:
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        payload = json.dumps(body).encode()
+        for target in targets:
+            in_flight[target.replica_id] += 1
+            m_inflight.labels(str(target.replica_id)).inc()
+            try:
+                upstream = await client.send(
+                    client.build_request(
+                        "POST",
+                        f"{target.url}{path}",
+                        content=payload,
+                        headers={"content-type": "application/json"},
+                    ),
+                    stream=True,
+                )
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                log.warning("replica %s unreachable, trying another: %s", target.url, exc)
+                in_flight[target.replica_id] -= 1
+                m_inflight.labels(str(target.replica_id)).dec()
+                org_routes.items.pop(auth[1], None)  # see the reconciler's view sooner
+                continue
+            m_ttft.labels(name).observe(time.perf_counter() - started)
+            if not stream:
+                try:
+                    data = await upstream.aread()
+                finally:
+                    await upstream.aclose()
+                    in_flight[target.replica_id] -= 1
+                    m_inflight.labels(str(target.replica_id)).dec()
+                usage = None
+                with contextlib.suppress(ValueError, AttributeError):
+                    usage = json.loads(data).get("usage")
+                record(route, usage)
+                m_requests.labels(name, str(upstream.status_code)).inc()
+                m_latency.labels(name).observe(time.perf_counter() - started)
+                return Response(
+                    data, status_code=upstream.status_code, media_type="application/json"
+                )
+            return StreamingResponse(
+                relay(upstream, target, route, started),
+                status_code=upstream.status_code,
+                media_type="text/event-stream",
+            )
+        return error(
+            503,
+            f"No replica of `{name}` could be reached.",
+            "server_error",
+            "model_unreachable",
+            headers={"Retry-After": "2"},
+        )
+
+    def record(route, usage):
+        meter.record(route, usage)
+        if usage:
+            m_tokens.labels(route.name, "input").inc(usage.get("prompt_tokens") or 0)
+            m_tokens.labels(route.name, "output").inc(usage.get("completion_tokens") or 0)
+
+    async def relay(upstream, target, route, started):
+        """Stream the engine's answer to the client. The engine is read by a task of its
+        own, to the end, whatever the client does: if the client walks away half-way,
+        the engine's final usage is still read and metered."""
+        queue: asyncio.Queue = asyncio.Queue()
+        usage: dict = {}
+
+        async def pump():
+            buffer = b""
+            try:
+                async for chunk in upstream.aiter_raw():
+                    buffer += chunk
+                    *lines, buffer = buffer.split(b"\n")
+                    for line in lines:
+                        if line.startswith(b"data:") and b'"usage"' in line:
+                            with contextlib.suppress(ValueError, AttributeError):
+                                found = json.loads(line[5:].strip()).get("usage")
+                                if found:
+                                    usage.update(found)
+                    queue.put_nowait(chunk)
+            finally:
+                queue.put_nowait(None)
+                await upstream.aclose()
+                record(route, usage)
+                in_flight[target.replica_id] -= 1
+                m_inflight.labels(str(target.replica_id)).dec()
+                m_requests.labels(route.name, str(upstream.status_code)).inc()
+                m_latency.labels(route.name).observe(time.perf_counter() - started)
+
+        task = asyncio.get_running_loop().create_task(pump())
+        pumps.add(task)
+        task.add_done_callback(pumps.discard)
+        while (chunk := await queue.get()) is not None:
+            yield chunk
+
+    async def chat(request: Request) -> Response:
+        return await proxy(request, "/v1/chat/completions")
+
+    async def completions(request: Request) -> Response:
+        return await proxy(request, "/v1/completions")
+
+    async def models(request: Request) -> Response:
+        auth = await authenticate(request)
+        if auth is None:
+            return error(
+                401, "Invalid or revoked API key.", "invalid_request_error", "invalid_api_key"
+            )
+        table = await org_table(auth[1])
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [
+                    {"id": r.name, "object": "model", "created": 0, "owned_by": "gantry"}
+                    for r in sorted(table.values(), key=lambda r: r.name)
+                ],
+            }
+        )
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        meter.task = asyncio.create_task(meter.run())
+        try:
+            yield
+        finally:
+            if pumps:  # let answers under way finish, so their usage is metered
+                await asyncio.wait(pumps, timeout=30)
+            meter.task.cancel()
+            await meter.flush()  # nothing metered is lost on a clean shutdown
+            await client.aclose()
+
+    app = Starlette(
+        routes=[
+            Path("/v1/chat/completions", chat, methods=["POST"]),
+            Path("/v1/completions", completions, methods=["POST"]),
+            Path("/v1/models", models, methods=["GET"]),
+            Path("/metrics", metrics, methods=["GET"]),
+            Path("/healthz", health, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.meter = meter
+    return app

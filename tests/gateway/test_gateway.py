@@ -1,0 +1,156 @@
+import time
+
+import openai
+import pytest
+from django.db.models import Sum
+
+from billing.models import UsageRecord
+from deployments.engines import DEMO_MODEL_REF
+from deployments.services import deployment_create
+from tests.conftest import owner_of
+from tests.deployments.conftest import reconcile_until
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def running(org_a, local_pool):
+    d = deployment_create(
+        organization=org_a,
+        user=owner_of(org_a),
+        name="chat",
+        model_ref=DEMO_MODEL_REF,
+        gpu_type="cpu",
+        regions=["local"],
+        engine_args=["--n_ctx", "512"],
+    )
+    reconcile_until(d, lambda d: d.status == "running", what="running")
+    return d
+
+
+def tokens(deployment, kind):
+    return (
+        UsageRecord.objects.filter(deployment_id=deployment.pk, kind=kind).aggregate(
+            q=Sum("quantity")
+        )["q"]
+        or 0
+    )
+
+
+def wait_for(predicate, timeout=15):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_openai_client_chat_and_completions_are_served_and_metered(
+    gateway, running, org_a, api_client_for
+):
+    key = api_client_for(org_a).raw_key
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=key)
+    assert [m.id for m in client.models.list()] == ["chat"]
+    answer = client.chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": "hello"}], max_tokens=6
+    )
+    assert answer.choices[0].message.content is not None
+    usage = answer.usage
+    assert usage.prompt_tokens > 0 and usage.completion_tokens > 0
+    text = client.completions.create(model="chat", prompt="Once upon", max_tokens=4)
+    assert text.usage.completion_tokens > 0
+    expected_in = usage.prompt_tokens + text.usage.prompt_tokens
+    expected_out = usage.completion_tokens + text.usage.completion_tokens
+    assert wait_for(lambda: tokens(running, "input_tokens") == expected_in)
+    assert tokens(running, "output_tokens") == expected_out  # exactly what the engine said
+
+
+def test_llama_cpp_streams_pass_through_chunk_by_chunk(gateway, running, org_a, api_client_for):
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=api_client_for(org_a).raw_key)
+    stream = client.chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": "tell me"}], max_tokens=8, stream=True
+    )
+    chunks = list(stream)
+    assert len(chunks) > 2 and chunks[-1].choices[0].finish_reason in {"stop", "length"}
+
+
+@pytest.fixture
+def upstream_route(org_a, local_pool):
+    """A deployment whose running replica is an engine that reports usage in streams."""
+    from deployments.models import Deployment, GpuType, Node, Region, Replica
+    from tests.gateway.upstream import start_upstream
+
+    server, thread = start_upstream()
+    d = Deployment.objects.create(
+        organization=org_a,
+        name="streamer",
+        model_ref="x/y",
+        engine="vllm",
+        gpu_type=GpuType.objects.get(code="cpu"),
+        regions=["local"],
+        status="running",
+    )
+    Replica.objects.create(
+        deployment=d,
+        ordinal=0,
+        region=Region.objects.get(code="local"),
+        pool=local_pool,
+        node=Node.objects.get(pool=local_pool),
+        gpus=0,
+        status="running",
+        url=server.url,
+        handle="external",
+    )
+    yield d
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_streams_meter_exactly_the_usage_the_engine_reports_even_if_the_client_aborts(
+    gateway, upstream_route, org_a, api_client_for
+):
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=api_client_for(org_a).raw_key)
+    stream = client.chat.completions.create(
+        model="streamer", messages=[{"role": "user", "content": "one two three"}], stream=True
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == (
+        "Gantry routes this stream."
+    )
+    assert chunks[-1].usage.completion_tokens == 5  # asked for by the gateway
+    assert wait_for(lambda: tokens(upstream_route, "output_tokens") == 5)
+    assert tokens(upstream_route, "input_tokens") == 3
+    # The client reads one chunk and walks away: the engine still reports, and it counts.
+    aborted = client.chat.completions.create(
+        model="streamer", messages=[{"role": "user", "content": "four five"}], stream=True
+    )
+    next(iter(aborted))
+    aborted.close()
+    assert wait_for(lambda: tokens(upstream_route, "output_tokens") == 10)
+    assert tokens(upstream_route, "input_tokens") == 5
+
+
+def test_errors_use_openai_shapes(gateway, running, org_a, org_b, api_client_for):
+    bad = openai.OpenAI(base_url=gateway.base_url, api_key="gk_not-a-real-key-000000000000")
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+    other = openai.OpenAI(base_url=gateway.base_url, api_key=api_client_for(org_b).raw_key)
+    with pytest.raises(openai.NotFoundError) as exc:
+        other.chat.completions.create(
+            model="chat", max_tokens=2, messages=[{"role": "user", "content": "hi"}]
+        )
+    assert exc.value.body["code"] == "model_not_found"
+    assert other.models.list().data == []
+
+
+def test_metrics_are_exposed_in_prometheus_format(gateway, running, org_a, api_client_for):
+    import urllib.request
+
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=api_client_for(org_a).raw_key)
+    client.chat.completions.create(
+        model="chat", max_tokens=2, messages=[{"role": "user", "content": "hi"}]
+    )
+    text = urllib.request.urlopen(gateway.base_url.replace("/v1", "/metrics")).read().decode()
+    assert 'gantry_gateway_requests_total{model="chat",status="200"} 1.0' in text
+    assert "gantry_gateway_time_to_first_token_seconds_bucket" in text
