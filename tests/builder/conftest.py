@@ -60,3 +60,20 @@ LLAMA_CONFIG = {
     "max_position_embeddings": 2048,
     "torch_dtype": "bfloat16",
 }
+
+
+def gguf_build(org, gguf: Path, name: str):
+    """An uploaded GGUF, inspected into a build draft, as the wizard's first steps make."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from builder import services
+    from tests.conftest import owner_of
+
+    upload = services.upload_create(
+        organization=org,
+        user=owner_of(org),
+        files=[SimpleUploadedFile(gguf.name, gguf.read_bytes())],
+    )
+    return services.build_create(
+        organization=org, user=owner_of(org), name=name, source_kind="upload", upload_id=upload.pk
+    )

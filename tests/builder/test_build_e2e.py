@@ -10,6 +10,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from builder.models import Build, WeightsCache
 from builder.services import build_run
 from deployments.models import Deployment, Node
+from tests.builder.conftest import gguf_build
 from tests.conftest import need, port_open
 from tests.deployments.conftest import chat, reconcile_until
 
@@ -119,25 +120,12 @@ def test_hub_gguf_repo_builds_and_deploys(
 def test_a_failing_build_keeps_its_log_and_says_why(
     settings, org_a, docker_client, demo_gguf, local_pool
 ):
-    from builder import services
-    from tests.conftest import owner_of
 
     settings.GANTRY_ENGINE_IMAGES = {
         **settings.GANTRY_ENGINE_IMAGES,
         "llama.cpp": "gantry/no-such-base:0",
     }
-    upload = services.upload_create(
-        organization=org_a,
-        user=owner_of(org_a),
-        files=[SimpleUploadedFile("tiny.gguf", demo_gguf.read_bytes())],
-    )
-    build = services.build_create(
-        organization=org_a,
-        user=owner_of(org_a),
-        name="broken",
-        source_kind="upload",
-        upload_id=upload.pk,
-    )
+    build = gguf_build(org_a, demo_gguf, "broken")
     build = build_run(build_id=build.pk)
     assert build.status == "failed" and build.phase == "failed"
     assert "gantry/no-such-base" in build.error
@@ -146,21 +134,8 @@ def test_a_failing_build_keeps_its_log_and_says_why(
 
 
 def test_rebuilding_an_unchanged_spec_reuses_the_cache(org_a, docker_client, demo_gguf, local_pool):
-    from builder import services
-    from tests.conftest import owner_of
 
-    upload = services.upload_create(
-        organization=org_a,
-        user=owner_of(org_a),
-        files=[SimpleUploadedFile("tiny.gguf", demo_gguf.read_bytes())],
-    )
-    build = services.build_create(
-        organization=org_a,
-        user=owner_of(org_a),
-        name="again",
-        source_kind="upload",
-        upload_id=upload.pk,
-    )
+    build = gguf_build(org_a, demo_gguf, "again")
     first = build_run(build_id=build.pk)
     second = build_run(build_id=build.pk)
     assert first.status == second.status == "succeeded"

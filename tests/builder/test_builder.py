@@ -5,7 +5,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from builder.models import Build, Upload
 from builder.specs import render_dockerfile, spec_document
-from tests.builder.conftest import LLAMA_CONFIG, safetensors_bytes
+from tests.builder.conftest import LLAMA_CONFIG, gguf_build, safetensors_bytes
 from tests.conftest import owner_of
 
 SMALL_TENSORS = {
@@ -205,18 +205,7 @@ def test_an_upload_that_is_not_a_model_is_refused_and_not_kept(
 def test_dockerfile_is_rendered_from_validated_values_only(org_a, demo_gguf, local_pool, db):
     from builder import services
 
-    upload = services.upload_create(
-        organization=org_a,
-        user=owner_of(org_a),
-        files=[SimpleUploadedFile("tiny.gguf", demo_gguf.read_bytes())],
-    )
-    build = services.build_create(
-        organization=org_a,
-        user=owner_of(org_a),
-        name="tiny",
-        source_kind="upload",
-        upload_id=upload.pk,
-    )
+    build = gguf_build(org_a, demo_gguf, "tiny")
     build = services.build_configure(
         build=build, engine="llama.cpp", options={"n_threads": 2}, env={"LOG_FORMAT": "json"}
     )

@@ -2,6 +2,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from builder.models import Build
+from tests.builder.conftest import gguf_build
 from tests.conftest import owner_of
 
 
@@ -82,18 +83,7 @@ def test_private_model_of_a_build_is_invisible_to_another_org(
     from builder import services
     from marketplace.models import CatalogModel
 
-    upload = services.upload_create(
-        organization=org_a,
-        user=owner_of(org_a),
-        files=[SimpleUploadedFile("tiny.gguf", demo_gguf.read_bytes())],
-    )
-    build = services.build_create(
-        organization=org_a,
-        user=owner_of(org_a),
-        name="secret-model",
-        source_kind="upload",
-        upload_id=upload.pk,
-    )
+    build = gguf_build(org_a, demo_gguf, "secret-model")
     services.register_catalog_entry(build=build, image="gantry-builds/alpha/secret-model:x")
     assert CatalogModel.objects.filter(organization=org_a, slug="secret-model").exists()
     b_api = api_client_for(org_b)
@@ -113,18 +103,7 @@ def test_a_deployment_waits_for_the_weights_and_shows_the_progress(
     from deployments.models import Deployment
     from tests.deployments.conftest import reconcile_until
 
-    upload = services.upload_create(
-        organization=org_a,
-        user=owner_of(org_a),
-        files=[SimpleUploadedFile("tiny.gguf", demo_gguf.read_bytes())],
-    )
-    build = services.build_create(
-        organization=org_a,
-        user=owner_of(org_a),
-        name="waits",
-        source_kind="upload",
-        upload_id=upload.pk,
-    )
+    build = gguf_build(org_a, demo_gguf, "waits")
     with django_capture_on_commit_callbacks(execute=False):
         build = services.build_start(build=build)  # queued: prefetch not run yet
     services.register_catalog_entry(build=build, image="gantry/llamacpp:0.3.36")
