@@ -36,6 +36,20 @@ from gateway import routes
 log = logging.getLogger("gateway")
 
 
+def db(fn):
+    """Run a database read or write in a worker thread, then close that thread's
+    connection: reads are rare (cached) and threads come and go, so nothing lingers."""
+    from django.db import connection
+
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            connection.close()
+
+    return sync_to_async(call, thread_sensitive=False)
+
+
 def error(status: int, message: str, type_: str, code: str, headers=None) -> JSONResponse:
     return JSONResponse(
         {"error": {"message": message, "type": type_, "param": None, "code": code}},
@@ -62,14 +76,14 @@ class Meter:
             batch = [item]
             while not self.queue.empty() and len(batch) < 500:
                 batch.append(self.queue.get_nowait())
-            await sync_to_async(_write_usage, thread_sensitive=False)(batch)
+            await db(_write_usage)(batch)
 
     async def flush(self) -> None:
         batch = []
         while not self.queue.empty():
             batch.append(self.queue.get_nowait())
         if batch:
-            await sync_to_async(_write_usage, thread_sensitive=False)(batch)
+            await db(_write_usage)(batch)
 
 
 def _write_usage(batch) -> None:
@@ -128,21 +142,21 @@ def create_app() -> Starlette:
         raw = header[7:].strip() if header.lower().startswith("bearer ") else ""
         hit, value = keys.get(raw)
         if not hit:
-            value = await sync_to_async(routes.key_lookup, thread_sensitive=False)(raw)
+            value = await db(routes.key_lookup)(raw)
             keys.put(raw, value)
         return value
 
     async def org_table(org_id: int) -> dict[str, routes.Route]:
         hit, value = org_routes.get(org_id)
         if not hit:
-            value = await sync_to_async(routes.routes_for, thread_sensitive=False)(org_id)
+            value = await db(routes.routes_for)(org_id)
             org_routes.put(org_id, value)
         return value
 
     async def region_table():
         hit, value = locations.get("all")
         if not hit:
-            value = await sync_to_async(routes.region_locations, thread_sensitive=False)()
+            value = await db(routes.region_locations)()
             locations.put("all", value)
         return value
 
