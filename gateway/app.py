@@ -32,6 +32,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as Path
 
 from gateway import routes
+from gateway.limits import Limiter
 
 log = logging.getLogger("gateway")
 
@@ -86,6 +87,10 @@ class Meter:
             await db(_write_usage)(batch)
 
 
+def _total(usage: dict | None) -> int:
+    return int((usage or {}).get("total_tokens") or 0)
+
+
 def _write_usage(batch) -> None:
     from datetime import UTC, datetime
 
@@ -126,6 +131,8 @@ def create_app() -> Starlette:
     )
 
     keys = routes.Cache(ttl=10.0)
+    spend = routes.Cache(ttl=10.0)
+    limiter = Limiter()
     org_routes = routes.Cache(ttl=routes.route_ttl())
     locations = routes.Cache(ttl=60.0)
     cidrs = routes.CidrTable(getattr(settings, "GATEWAY_REGION_CIDRS", ""))
@@ -184,8 +191,26 @@ def create_app() -> Starlette:
             body = json.loads(await request.body())
         except ValueError:
             return error(400, "The body must be JSON.", "invalid_request_error", "invalid_json")
+        key_id, org_id, rpm, tpm = auth
+        hit, blocked = spend.get(org_id)
+        if not hit:
+            blocked = await db(routes.spend_blocked)(org_id)
+            spend.put(org_id, blocked)
+        if blocked:
+            return error(
+                429, blocked, "insufficient_quota", "spend_limit", headers={"Retry-After": "3600"}
+            )
+        wait = await limiter.admit(key_id, rpm, tpm)
+        if wait is not None:
+            return error(
+                429,
+                "Rate limit reached for this API key.",
+                "rate_limit_exceeded",
+                "rate_limit_exceeded",
+                headers={"Retry-After": str(wait)},
+            )
         name = str(body.get("model", ""))
-        route = (await org_table(auth[1])).get(name)
+        route = (await org_table(org_id)).get(name)
         if route is None:
             return error(
                 404,
@@ -237,13 +262,14 @@ def create_app() -> Starlette:
                 with contextlib.suppress(ValueError, AttributeError):
                     usage = json.loads(data).get("usage")
                 record(route, usage)
+                await limiter.spend_tokens(key_id, _total(usage))
                 m_requests.labels(name, str(upstream.status_code)).inc()
                 m_latency.labels(name).observe(time.perf_counter() - started)
                 return Response(
                     data, status_code=upstream.status_code, media_type="application/json"
                 )
             return StreamingResponse(
-                relay(upstream, target, route, started),
+                relay(upstream, target, route, started, key_id),
                 status_code=upstream.status_code,
                 media_type="text/event-stream",
             )
@@ -261,7 +287,7 @@ def create_app() -> Starlette:
             m_tokens.labels(route.name, "input").inc(usage.get("prompt_tokens") or 0)
             m_tokens.labels(route.name, "output").inc(usage.get("completion_tokens") or 0)
 
-    async def relay(upstream, target, route, started):
+    async def relay(upstream, target, route, started, key_id):
         """Stream the engine's answer to the client. The engine is read by a task of its
         own, to the end, whatever the client does: if the client walks away half-way,
         the engine's final usage is still read and metered."""
@@ -285,6 +311,7 @@ def create_app() -> Starlette:
                 queue.put_nowait(None)
                 await upstream.aclose()
                 record(route, usage)
+                await limiter.spend_tokens(key_id, _total(usage))
                 in_flight[target.replica_id] -= 1
                 m_inflight.labels(str(target.replica_id)).dec()
                 m_requests.labels(route.name, str(upstream.status_code)).inc()

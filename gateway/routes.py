@@ -29,18 +29,35 @@ class Route:
     targets: list[Target] = field(default_factory=list)
 
 
-def key_lookup(raw: str) -> tuple[int, int] | None:
-    """(key id, organization id) of an active key, or None."""
+def key_lookup(raw: str) -> tuple | None:
+    """(key identity for counters, organization id, requests/min, tokens/min) of an active
+    key, or None. The identity is the digest's start: stable and unique across databases."""
     if not looks_like_api_key(raw):
         return None
+    digest = api_key_digest(raw)
     row = (
-        ApiKey.objects.filter(
-            digest=api_key_digest(raw), revoked_at=None, created_by__is_active=True
-        )
-        .values_list("pk", "organization_id")
+        ApiKey.objects.filter(digest=digest, revoked_at=None, created_by__is_active=True)
+        .values_list("organization_id", "requests_per_minute", "tokens_per_minute")
         .first()
     )
-    return tuple(row) if row else None
+    return (digest[:24], *row) if row else None
+
+
+def spend_blocked(organization_id: int) -> str:
+    """Why the organization may not spend now (hard limit, past due), or ""."""
+    from billing.models import BillingAccount
+    from billing.services import spend_status
+    from portal.models import Organization
+
+    org = Organization.objects.get(pk=organization_id)
+    status = (
+        BillingAccount.objects.filter(organization=org).values_list("status", flat=True).first()
+    )
+    if status in {BillingAccount.Status.PAST_DUE, BillingAccount.Status.SUSPENDED}:
+        return f"This organization's account is {status.replace('_', ' ')}."
+    if spend_status(org)["hard"]:
+        return "The organization's monthly spend limit is reached."
+    return ""
 
 
 def routes_for(organization_id: int) -> dict[str, Route]:

@@ -297,3 +297,5 @@ GATEWAY_URL = env.str("GATEWAY_URL", default="http://127.0.0.1:8001").rstrip("/"
 # Client networks and their regions, for routing: "10.1.0.0/16=eu-west,10.2.0.0/16=us-east".
 GATEWAY_REGION_CIDRS = env.str("GATEWAY_REGION_CIDRS", default="")
 GATEWAY_ROUTE_TTL_S = env.float("GATEWAY_ROUTE_TTL_S", default=2.0)
+# Shared rate-limit counters for several gateway processes; empty: kept in the process.
+GATEWAY_REDIS_URL = env.str("GATEWAY_REDIS_URL", default="")

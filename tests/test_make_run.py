@@ -104,7 +104,11 @@ def test_make_run_serves_the_portal_and_stops_on_ctrl_c(tmp_path):
             ]
             assert engine_pids
             body = json.dumps(
-                {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+                {
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "max_tokens": 4,
+                    "logit_bias": {"2": -100},
+                }
             ).encode()
             request = urllib.request.Request(
                 f"{url}/v1/chat/completions",
@@ -136,6 +140,7 @@ def test_make_run_serves_the_portal_and_stops_on_ctrl_c(tmp_path):
                 {
                     "model": "tiny-demo",
                     "max_tokens": 4,
+                    "logit_bias": {"2": -100},
                     "messages": [{"role": "user", "content": "hi"}],
                 }
             ).encode()

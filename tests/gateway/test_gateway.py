@@ -53,12 +53,17 @@ def test_openai_client_chat_and_completions_are_served_and_metered(
     client = openai.OpenAI(base_url=gateway.base_url, api_key=key)
     assert [m.id for m in client.models.list()] == ["chat"]
     answer = client.chat.completions.create(
-        model="chat", messages=[{"role": "user", "content": "hello"}], max_tokens=6
+        model="chat",
+        messages=[{"role": "user", "content": "hello"}],
+        max_tokens=6,
+        logit_bias={"2": -100},  # random weights: keep it from stopping at once
     )
     assert answer.choices[0].message.content is not None
     usage = answer.usage
     assert usage.prompt_tokens > 0 and usage.completion_tokens > 0
-    text = client.completions.create(model="chat", prompt="Once upon", max_tokens=4)
+    text = client.completions.create(
+        model="chat", prompt="Once upon", max_tokens=4, logit_bias={"2": -100}
+    )
     assert text.usage.completion_tokens > 0
     expected_in = usage.prompt_tokens + text.usage.prompt_tokens
     expected_out = usage.completion_tokens + text.usage.completion_tokens
@@ -154,3 +159,65 @@ def test_metrics_are_exposed_in_prometheus_format(gateway, running, org_a, api_c
     text = urllib.request.urlopen(gateway.base_url.replace("/v1", "/metrics")).read().decode()
     assert 'gantry_gateway_requests_total{model="chat",status="200"} 1.0' in text
     assert "gantry_gateway_time_to_first_token_seconds_bucket" in text
+
+
+def _post(url, key, model="streamer"):
+    import json
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+    request = urllib.request.Request(
+        f"{url}/v1/chat/completions",
+        data=body.encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status, {}, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, json.loads(e.read())
+
+
+def test_rate_and_spend_limits_hold_exactly_across_two_gateway_processes(
+    gateway_processes, upstream_route, org_a, org_b, api_client_for
+):
+    from django.utils import timezone
+
+    from billing.models import Quota, UsageRecord
+    from billing.services import usage_ingest
+    from portal.models import ApiKey
+    from portal.tokens import api_key_digest
+
+    if 60 - time.time() % 60 < 5:  # keep the whole burst inside one minute window
+        time.sleep(60 - time.time() % 60 + 0.5)
+    raw = api_client_for(org_a).raw_key
+    ApiKey.objects.filter(digest=api_key_digest(raw)).update(requests_per_minute=5)
+    results = [_post(gateway_processes[i % 2], raw) for i in range(8)]
+    assert [status for status, _, _ in results].count(200) == 5
+    refused = [r for r in results if r[0] == 429]
+    assert len(refused) == 3
+    assert all(int(h.get("Retry-After")) >= 1 for _, h, _ in refused)
+    assert refused[0][2]["error"]["code"] == "rate_limit_exceeded"
+
+    # Another organization over its hard spend limit gets 429 from either process.
+    Quota.objects.create(organization=org_b, monthly_spend_limit_cents=100)
+    now = timezone.now()
+    usage_ingest(
+        [
+            UsageRecord(
+                organization=org_b,
+                kind="gpu_seconds",
+                quantity=1,
+                amount_micros=100 * 10_000,
+                window_start=now,
+                window_end=now,
+                idempotency_key="spent-b",
+            )
+        ]
+    )
+    b_key = api_client_for(org_b).raw_key
+    for url in gateway_processes:
+        status, headers, body = _post(url, b_key)
+        assert status == 429 and body["error"]["code"] == "spend_limit"
+        assert headers.get("Retry-After")
