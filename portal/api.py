@@ -34,6 +34,8 @@ class ApiKeyOut(serializers.ModelSerializer):
             "last_used_at",
             "revoked_at",
             "active",
+            "requests_per_minute",
+            "tokens_per_minute",
         ]
 
 
@@ -69,6 +71,8 @@ class OrganizationIn(serializers.Serializer):
 
 class ApiKeyIn(serializers.Serializer):
     name = serializers.CharField(max_length=100)
+    requests_per_minute = serializers.IntegerField(required=False, allow_null=True, default=None)
+    tokens_per_minute = serializers.IntegerField(required=False, allow_null=True, default=None)
 
 
 class InvitationIn(serializers.Serializer):
@@ -124,7 +128,7 @@ class ApiKeyViewSet(viewsets.GenericViewSet):
         data = ApiKeyIn(data=request.data)
         data.is_valid(raise_exception=True)
         key, raw = services.api_key_create(
-            organization=request.org, user=request.user, name=data.validated_data["name"]
+            organization=request.org, user=request.user, **data.validated_data
         )
         body = ApiKeyOut(key).data | {"key": raw}
         response = Response(body, status=status.HTTP_201_CREATED)

@@ -260,7 +260,12 @@ def invitation_purge_expired() -> int:
 
 @transaction.atomic
 def api_key_create(
-    *, organization: Organization, user: AbstractBaseUser, name: str
+    *,
+    organization: Organization,
+    user: AbstractBaseUser,
+    name: str,
+    requests_per_minute: int | None = None,
+    tokens_per_minute: int | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key; returns (key row, raw key). The raw key is never stored."""
     name = (name or "").strip()
@@ -271,8 +276,20 @@ def api_key_create(
     if not Membership.objects.filter(organization=organization, user=user).exists():
         raise ValidationError({"user": f"{user} is not a member of {organization.slug}."})
     raw, prefix, digest = api_key_mint()
+    for field, value in (
+        ("requests_per_minute", requests_per_minute),
+        ("tokens_per_minute", tokens_per_minute),
+    ):
+        if value is not None and not 1 <= int(value) <= 10_000_000:
+            raise ValidationError({field: "Give a whole number from 1 to 10,000,000, or none."})
     key = ApiKey.objects.create(
-        organization=organization, created_by=user, name=name, prefix=prefix, digest=digest
+        organization=organization,
+        created_by=user,
+        name=name,
+        prefix=prefix,
+        digest=digest,
+        requests_per_minute=requests_per_minute,
+        tokens_per_minute=tokens_per_minute,
     )
     log.info("api key %s (%s) created in %s", key.pk, prefix, organization.slug)
     return key, raw

@@ -135,3 +135,20 @@ def test_removing_a_member_revokes_their_keys(org_a, make_user, add_member, api_
     owner_api = api_client_for(org_a)
     assert owner_api.delete(f"/api/v1/members/{membership.pk}").status_code == 204
     assert member_api.get("/api/v1/me").status_code == 401
+
+
+def test_keys_carry_optional_rate_limits_with_checked_values(org_a, api_client_for):
+    api = api_client_for(org_a)
+    created = api.post(
+        "/api/v1/keys",
+        {"name": "limited", "requests_per_minute": 60, "tokens_per_minute": 100_000},
+        format="json",
+    )
+    assert created.status_code == 201
+    assert (created.json()["requests_per_minute"], created.json()["tokens_per_minute"]) == (
+        60,
+        100_000,
+    )
+    bad = api.post("/api/v1/keys", {"name": "bad", "requests_per_minute": 0}, format="json")
+    assert bad.status_code == 400 and "requests_per_minute" in bad.json()
+    assert not ApiKey.objects.filter(name="bad").exists()
