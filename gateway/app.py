@@ -266,12 +266,16 @@ def create_app() -> Starlette:
                 m_requests.labels(name, str(upstream.status_code)).inc()
                 m_latency.labels(name).observe(time.perf_counter() - started)
                 return Response(
-                    data, status_code=upstream.status_code, media_type="application/json"
+                    data,
+                    status_code=upstream.status_code,
+                    media_type="application/json",
+                    headers={"x-gantry-region": target.region},
                 )
             return StreamingResponse(
                 relay(upstream, target, route, started, key_id),
                 status_code=upstream.status_code,
                 media_type="text/event-stream",
+                headers={"x-gantry-region": target.region},
             )
         return error(
             503,

@@ -221,3 +221,70 @@ def test_rate_and_spend_limits_hold_exactly_across_two_gateway_processes(
         status, headers, body = _post(url, b_key)
         assert status == 429 and body["error"]["code"] == "spend_limit"
         assert headers.get("Retry-After")
+
+
+def test_nearest_region_first_and_failover_to_the_next_region(gateway, org_a, api_client_for):
+    """Two regions, one engine in each; the client's region picks its engine, and when
+    that engine dies mid-test the gateway answers from the other region instead."""
+    import json as _json
+    import os
+    import signal
+    import urllib.request
+    from pathlib import Path
+
+    from django.conf import settings
+
+    from deployments.models import Region
+    from tests.deployments.conftest import make_pool
+
+    eu = Region.objects.create(code="eu-west", name="Dublin", latitude=53.3, longitude=-6.3)
+    us = Region.objects.create(code="us-east", name="Virginia", latitude=39.0, longitude=-77.5)
+    make_pool(eu, "cpu", "cpu", [("eu1", 1)])
+    make_pool(us, "cpu", "cpu", [("us1", 1)])
+    d = deployment_create(
+        organization=org_a,
+        user=owner_of(org_a),
+        name="global",
+        model_ref=DEMO_MODEL_REF,
+        gpu_type="cpu",
+        regions=["eu-west", "us-east"],
+        min_replicas=2,
+        max_replicas=2,
+        engine_args=["--n_ctx", "256"],
+    )
+    reconcile_until(
+        d,
+        lambda d: d.replicas.filter(status="running").count() == 2,
+        what="one replica in each region",
+    )
+    key = api_client_for(org_a).raw_key
+
+    def ask(region):
+        body = _json.dumps(
+            {
+                "model": "global",
+                "max_tokens": 2,
+                "logit_bias": {"2": -100},
+                "messages": [{"role": "user", "content": "hi"}],
+            }
+        ).encode()
+        req = urllib.request.Request(
+            f"{gateway.base_url}/chat/completions",
+            data=body,
+            headers={
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {key}",
+                "X-Gantry-Region": region,
+            },
+        )
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.headers["x-gantry-region"], _json.loads(r.read())
+
+    assert ask("us-east")[0] == "us-east"
+    assert ask("eu-west")[0] == "eu-west"
+    us_replica = d.replicas.get(status="running", region=us)
+    meta = Path(settings.RUNTIME_DIR) / str(us_replica.pool_id) / us_replica.handle / "meta.json"
+    os.killpg(_json.loads(meta.read_text())["pid"], signal.SIGKILL)
+    time.sleep(0.5)
+    region, answer = ask("us-east")  # the nearest engine is gone: served from Dublin
+    assert region == "eu-west" and answer["usage"]["completion_tokens"] > 0
