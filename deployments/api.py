@@ -89,6 +89,8 @@ class DeploymentOut(serializers.ModelSerializer):
             "max_replicas",
             "desired_replicas",
             "regions",
+            "autoscale_target",
+            "scale_to_zero_after_s",
             "replicas",
             "created_at",
             "updated_at",
@@ -146,6 +148,8 @@ class DeploymentIn(serializers.Serializer):
     max_replicas = serializers.IntegerField(required=False, default=1)
     replicas = serializers.IntegerField(required=False, allow_null=True, default=None)
     regions = serializers.ListField(child=serializers.CharField(), allow_empty=False)
+    autoscale_target = serializers.IntegerField(required=False, allow_null=True, default=None)
+    scale_to_zero_after_s = serializers.IntegerField(required=False, allow_null=True, default=None)
 
 
 class ScaleIn(serializers.Serializer):

@@ -140,6 +140,14 @@ class Deployment(models.Model):
     max_replicas = models.PositiveSmallIntegerField(default=1)
     desired_replicas = models.PositiveSmallIntegerField(default=1)
     regions = models.JSONField(default=list, help_text="Region codes, in preference order.")
+    # Autoscaling: replicas follow the load the gateway records (in-flight requests per
+    # replica against this target), between min and max; idle deployments may sleep.
+    autoscale_target = models.PositiveIntegerField(
+        null=True, blank=True, help_text="In-flight requests per replica; empty: no autoscaling."
+    )
+    scale_to_zero_after_s = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Scale to zero after this long without requests."
+    )
     source = models.CharField(
         max_length=200,
         blank=True,
@@ -259,3 +267,16 @@ class DeploymentEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%H:%M:%S} {self.kind}: {self.message}"
+
+
+class DeploymentLoad(models.Model):
+    """What the gateway saw of a deployment lately; the autoscaler reads it."""
+
+    deployment = models.OneToOneField(Deployment, on_delete=models.CASCADE, related_name="load")
+    in_flight = models.FloatField(default=0.0, help_text="Average requests in flight.")
+    last_request_at = models.DateTimeField(null=True, blank=True)
+    wake_requested_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"load of {self.deployment_id}: {self.in_flight:.1f}"

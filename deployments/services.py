@@ -105,8 +105,16 @@ def deployment_create(
     max_replicas: int = 1,
     replicas: int | None = None,
     source: str = "",
+    autoscale_target: int | None = None,
+    scale_to_zero_after_s: int | None = None,
 ) -> Deployment:
     errors: dict[str, str] = {}
+    if autoscale_target is not None:
+        autoscale_target = _validate_int(errors, "autoscale_target", autoscale_target, 1, 10_000)
+    if scale_to_zero_after_s is not None:
+        scale_to_zero_after_s = _validate_int(
+            errors, "scale_to_zero_after_s", scale_to_zero_after_s, 60, 30 * 86400
+        )
     name = (name or "").strip().lower()
     if not NAME_RE.match(name):
         errors["name"] = "Use 1–63 lowercase letters, digits or hyphens (not at the ends)."
@@ -195,6 +203,8 @@ def deployment_create(
         desired_replicas=desired,
         regions=list(regions),
         source=source,
+        autoscale_target=autoscale_target,
+        scale_to_zero_after_s=scale_to_zero_after_s,
         created_by=user,
     )
     event(
@@ -877,4 +887,114 @@ def gpu_prices_refresh() -> int:
         if cents and cents != gpu.price_per_hour_cents:
             GpuType.objects.filter(pk=gpu.pk).update(price_per_hour_cents=cents)
             changed += 1
+    return changed
+
+
+# --- Autoscaling ----------------------------------------------------------------------
+
+
+def load_report(*, deployment_id: int, in_flight: float, requests: int, at=None) -> None:
+    """The gateway's view of a deployment (called every few seconds per deployment)."""
+    from deployments.models import DeploymentLoad
+
+    at = at or timezone.now()
+    values = {"in_flight": in_flight}
+    if requests:
+        values["last_request_at"] = at
+    DeploymentLoad.objects.update_or_create(deployment_id=deployment_id, defaults=values)
+
+
+@transaction.atomic
+def deployment_wake(*, deployment_id: int, at=None) -> bool:
+    """A request came for a deployment scaled to zero: bring one replica back."""
+    from deployments.models import DeploymentLoad
+
+    at = at or timezone.now()
+    d = (
+        Deployment.objects.select_for_update()
+        .filter(pk=deployment_id, deleted_at__isnull=True)
+        .first()
+    )
+    if d is None or d.desired_replicas > 0:
+        return False
+    target = max(d.min_replicas, 1)
+    quota = billing.quota_lock(d.organization)
+    billing.capacity_allowed(d.organization, quota)
+    billing.quota_check_gpus(
+        quota,
+        gpu_type=d.gpu_type.code,
+        gpu_label=d.gpu_type.name,
+        committed=committed_gpus(d.organization, d.gpu_type.code),
+        extra=target * d.gpus_per_replica,
+    )
+    Deployment.objects.filter(pk=d.pk).update(
+        desired_replicas=target,
+        failure_count=0,
+        next_attempt_at=None,
+        status=DeploymentStatus.PENDING,
+    )
+    DeploymentLoad.objects.update_or_create(
+        deployment_id=d.pk, defaults={"wake_requested_at": at, "last_request_at": at}
+    )
+    event(d, "autoscaled", f"woken by a request: scaled 0 → {target}")
+    _enqueue_reconcile(d.pk)
+    return True
+
+
+def autoscale(*, now=None) -> int:
+    """Adjust every autoscaled deployment to its load: in-flight requests per replica
+    against its target, between min and max (quota permitting); and put idle ones to
+    sleep. Every decision is an event."""
+    import math
+
+    from deployments.models import DeploymentLoad
+
+    now = now or timezone.now()
+    changed = 0
+    for d in (
+        Deployment.objects.filter(deleted_at__isnull=True)
+        .exclude(autoscale_target__isnull=True, scale_to_zero_after_s__isnull=True)
+        .select_related("organization", "gpu_type")
+    ):
+        load = DeploymentLoad.objects.filter(deployment=d).first()
+        current = d.desired_replicas
+        wanted = current
+        reason = ""
+        idle_for = (
+            (now - load.last_request_at).total_seconds() if load and load.last_request_at else None
+        )
+        if (
+            d.scale_to_zero_after_s
+            and current > 0
+            and idle_for is not None
+            and idle_for >= d.scale_to_zero_after_s
+        ):
+            wanted, reason = 0, f"no requests for {int(idle_for)} s"
+        elif d.autoscale_target and current > 0 and load is not None:
+            need = math.ceil(load.in_flight / d.autoscale_target) if load.in_flight else 1
+            wanted = min(max(need, max(d.min_replicas, 1)), d.max_replicas)
+            reason = (
+                f"{load.in_flight:g} requests in flight, target {d.autoscale_target} per replica"
+            )
+        if wanted == current:
+            continue
+        try:
+            with transaction.atomic():
+                if wanted > current:
+                    quota = billing.quota_lock(d.organization)
+                    billing.quota_check_gpus(
+                        quota,
+                        gpu_type=d.gpu_type.code,
+                        gpu_label=d.gpu_type.name,
+                        committed=committed_gpus(d.organization, d.gpu_type.code)
+                        - current * d.gpus_per_replica,
+                        extra=wanted * d.gpus_per_replica,
+                    )
+                Deployment.objects.filter(pk=d.pk).update(desired_replicas=wanted)
+                event(d, "autoscaled", f"scaled {current} → {wanted} ({reason})")
+                _enqueue_reconcile(d.pk)
+        except ValidationError as exc:
+            event(d, "autoscale_blocked", f"wanted {wanted} replicas: {' '.join(exc.messages)}")
+            continue
+        changed += 1
     return changed

@@ -87,6 +87,21 @@ class Meter:
             await db(_write_usage)(batch)
 
 
+def _wake(deployment_id: int) -> None:
+    from django.core.exceptions import ValidationError
+
+    from deployments.services import deployment_wake
+
+    with contextlib.suppress(ValidationError):  # over quota: it stays asleep, 503 says so
+        deployment_wake(deployment_id=deployment_id)
+
+
+def _report(deployment_id: int, in_flight: int, requests: int) -> None:
+    from deployments.services import load_report
+
+    load_report(deployment_id=deployment_id, in_flight=float(in_flight), requests=requests)
+
+
 def _total(usage: dict | None) -> int:
     return int((usage or {}).get("total_tokens") or 0)
 
@@ -138,6 +153,8 @@ def create_app() -> Starlette:
     cidrs = routes.CidrTable(getattr(settings, "GATEWAY_REGION_CIDRS", ""))
     in_flight: dict[int, int] = defaultdict(int)
     pumps: set = set()  # engine reads still under way (kept referenced until done)
+    dep_in_flight: dict[int, int] = defaultdict(int)  # per deployment, for the autoscaler
+    dep_requests: dict[int, int] = defaultdict(int)
     meter = Meter()
     client = httpx.AsyncClient(
         timeout=httpx.Timeout(600.0, connect=3.0),
@@ -220,19 +237,45 @@ def create_app() -> Starlette:
             )
         targets = await ordered_targets(request, route)
         if not targets:
-            return error(
-                503,
-                f"`{name}` has no running replica yet ({route.status}).",
-                "server_error",
-                "model_not_ready",
-                headers={"Retry-After": "5"},
-            )
+            # Scaled to zero: wake it. A client that says how long it will wait (like
+            # X-Scale-Up-Timeout elsewhere) is held until a replica runs.
+            waking = route.desired == 0
+            if waking:
+                await db(_wake)(route.deployment_id)
+            try:
+                wait_s = min(float(request.headers.get("x-scale-up-timeout", "0")), 600.0)
+            except ValueError:
+                wait_s = 0.0
+            deadline = time.monotonic() + wait_s
+            while not targets and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+                org_routes.items.pop(org_id, None)
+                route = (await org_table(org_id)).get(name) or route
+                targets = await ordered_targets(request, route)
+            if not targets and waking:
+                return error(
+                    503,
+                    f"`{name}` is waking up from zero replicas; retry shortly.",
+                    "server_error",
+                    "model_waking",
+                    headers={"Retry-After": "10"},
+                )
+            if not targets:
+                return error(
+                    503,
+                    f"`{name}` has no running replica yet ({route.status}).",
+                    "server_error",
+                    "model_not_ready",
+                    headers={"Retry-After": "5"},
+                )
         stream = bool(body.get("stream"))
         if stream:
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         payload = json.dumps(body).encode()
+        dep_requests[route.deployment_id] += 1
         for target in targets:
             in_flight[target.replica_id] += 1
+            dep_in_flight[route.deployment_id] += 1
             m_inflight.labels(str(target.replica_id)).inc()
             try:
                 upstream = await client.send(
@@ -247,6 +290,7 @@ def create_app() -> Starlette:
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 log.warning("replica %s unreachable, trying another: %s", target.url, exc)
                 in_flight[target.replica_id] -= 1
+                dep_in_flight[route.deployment_id] -= 1
                 m_inflight.labels(str(target.replica_id)).dec()
                 org_routes.items.pop(auth[1], None)  # see the reconciler's view sooner
                 continue
@@ -257,6 +301,7 @@ def create_app() -> Starlette:
                 finally:
                     await upstream.aclose()
                     in_flight[target.replica_id] -= 1
+                    dep_in_flight[route.deployment_id] -= 1
                     m_inflight.labels(str(target.replica_id)).dec()
                 usage = None
                 with contextlib.suppress(ValueError, AttributeError):
@@ -284,6 +329,15 @@ def create_app() -> Starlette:
             "model_unreachable",
             headers={"Retry-After": "2"},
         )
+
+    async def report_load():
+        """Tell the autoscaler what this process sees, every few seconds."""
+        while True:
+            await asyncio.sleep(getattr(settings, "GATEWAY_LOAD_REPORT_S", 5.0))
+            for deployment_id in set(dep_requests) | {k for k, v in dep_in_flight.items() if v}:
+                requests_seen = dep_requests.pop(deployment_id, 0)
+                with contextlib.suppress(Exception):
+                    await db(_report)(deployment_id, dep_in_flight[deployment_id], requests_seen)
 
     def record(route, usage):
         meter.record(route, usage)
@@ -317,6 +371,7 @@ def create_app() -> Starlette:
                 record(route, usage)
                 await limiter.spend_tokens(key_id, _total(usage))
                 in_flight[target.replica_id] -= 1
+                dep_in_flight[route.deployment_id] -= 1
                 m_inflight.labels(str(target.replica_id)).dec()
                 m_requests.labels(route.name, str(upstream.status_code)).inc()
                 m_latency.labels(route.name).observe(time.perf_counter() - started)
@@ -359,12 +414,14 @@ def create_app() -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app):
         meter.task = asyncio.create_task(meter.run())
+        reporter = asyncio.create_task(report_load())
         try:
             yield
         finally:
             if pumps:  # let answers under way finish, so their usage is metered
                 await asyncio.wait(pumps, timeout=30)
             meter.task.cancel()
+            reporter.cancel()
             await meter.flush()  # nothing metered is lost on a clean shutdown
             await client.aclose()
 

@@ -26,6 +26,7 @@ class Route:
     name: str
     organization_id: int
     status: str
+    desired: int = 1
     targets: list[Target] = field(default_factory=list)
 
 
@@ -62,7 +63,7 @@ def spend_blocked(organization_id: int) -> str:
 
 def routes_for(organization_id: int) -> dict[str, Route]:
     routes = {
-        d.name: Route(d.pk, d.name, d.organization_id, d.status)
+        d.name: Route(d.pk, d.name, d.organization_id, d.status, d.desired_replicas)
         for d in Deployment.objects.filter(
             organization_id=organization_id, deleted_at__isnull=True
         ).exclude(status=DeploymentStatus.DELETED)

@@ -26,6 +26,10 @@ app.conf.beat_schedule = {
         "task": "billing.tasks.close_last_month",
         "schedule": 3600.0,  # idempotent: closed invoices stay as they are
     },
+    "autoscale": {
+        "task": "deployments.tasks.autoscale_deployments",
+        "schedule": 15.0,
+    },
     "refresh-gpu-prices": {
         "task": "deployments.tasks.refresh_gpu_prices",
         "schedule": 60.0,

@@ -144,3 +144,19 @@ def test_capacity_page_is_for_staff(org_a, local_pool, web_client, make_user):
     client.force_login(staff)
     page = client.get(reverse("deployments:capacity")).content.decode()
     assert "This machine" in page and "4 in all, 0 allocated, 4 free" in page
+
+
+def test_autoscaling_settings_are_taken_and_checked(org_a, local_pool, api_client_for):
+    api = api_client_for(org_a)
+    ok = api.post(
+        "/api/v1/deployments",
+        {**GOOD, "max_replicas": 3, "autoscale_target": 4, "scale_to_zero_after_s": 600},
+        format="json",
+    )
+    assert ok.status_code == 201
+    assert (ok.json()["autoscale_target"], ok.json()["scale_to_zero_after_s"]) == (4, 600)
+    bad = api.post(
+        "/api/v1/deployments", {**GOOD, "name": "b", "scale_to_zero_after_s": 5}, format="json"
+    )
+    assert bad.status_code == 400
+    assert bad.json()["scale_to_zero_after_s"] == ["Must be from 60 to 2592000; got 5."]

@@ -15,11 +15,12 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def gateway(transactional_db):
+def gateway(transactional_db, settings):
     """The real gateway app served by uvicorn on a port of its own, in this process (so it
     reads the test database), started and stopped cleanly (its lifespan flushes usage)."""
     from gateway.app import create_app
 
+    settings.GATEWAY_LOAD_REPORT_S = 0.2
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
