@@ -280,3 +280,26 @@ class DeploymentLoad(models.Model):
 
     def __str__(self) -> str:
         return f"load of {self.deployment_id}: {self.in_flight:.1f}"
+
+
+LATENCY_BUCKETS_MS = [50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000]
+
+
+class TrafficMinute(models.Model):
+    """Requests a deployment served in one minute, summed over gateway processes."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="traffic")
+    minute = models.DateTimeField()
+    requests = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    tokens = models.PositiveBigIntegerField(default=0)
+    # Counts per LATENCY_BUCKETS_MS upper bound, plus one for slower.
+    latency_buckets = models.JSONField(default=list)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["deployment", "minute"], name="traffic_minute_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.deployment_id} {self.minute:%H:%M} {self.requests}"

@@ -138,3 +138,43 @@ def quota_usage(*, org: Organization) -> list[dict]:
         }
     )
     return rows
+
+
+def traffic_summary(*, deployment: Deployment, minutes: int = 60) -> dict:
+    """Requests/s, p50/p95 latency and tokens/s over the last hour, from the gateway."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from deployments.models import LATENCY_BUCKETS_MS, TrafficMinute
+
+    since = timezone.now() - timedelta(minutes=minutes)
+    rows = list(
+        TrafficMinute.objects.filter(deployment=deployment, minute__gte=since).order_by("minute")
+    )
+    buckets = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+    for r in rows:
+        for i, n in enumerate(r.latency_buckets or []):
+            buckets[i] += n
+    total = sum(buckets)
+
+    def quantile(q: float):
+        if not total:
+            return None
+        seen = 0
+        for i, n in enumerate(buckets):
+            seen += n
+            if seen >= q * total:
+                return LATENCY_BUCKETS_MS[i] if i < len(LATENCY_BUCKETS_MS) else None
+        return None
+
+    requests = sum(r.requests for r in rows)
+    return {
+        "requests": requests,
+        "errors": sum(r.errors for r in rows),
+        "requests_per_s": round(requests / (minutes * 60), 3),
+        "tokens_per_s": round(sum(r.tokens for r in rows) / (minutes * 60), 2),
+        "p50_ms": quantile(0.5),
+        "p95_ms": quantile(0.95),
+        "series": [[int(r.minute.timestamp()), r.requests] for r in rows],
+    }

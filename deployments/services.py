@@ -998,3 +998,45 @@ def autoscale(*, now=None) -> int:
             continue
         changed += 1
     return changed
+
+
+def traffic_record(
+    *,
+    deployment_id: int,
+    minute,
+    requests: int,
+    errors: int,
+    tokens: int,
+    latency_buckets: list[int],
+) -> None:
+    """Add one gateway process's counts for a minute (several processes add up)."""
+    from deployments.models import TrafficMinute
+
+    for _ in range(3):
+        with transaction.atomic():
+            row = (
+                TrafficMinute.objects.select_for_update()
+                .filter(deployment_id=deployment_id, minute=minute)
+                .first()
+            )
+            if row is None:
+                try:
+                    with transaction.atomic():
+                        TrafficMinute.objects.create(
+                            deployment_id=deployment_id,
+                            minute=minute,
+                            requests=requests,
+                            errors=errors,
+                            tokens=tokens,
+                            latency_buckets=latency_buckets,
+                        )
+                    return
+                except IntegrityError:
+                    continue  # another process created it first: add to it
+            row.requests += requests
+            row.errors += errors
+            row.tokens += tokens
+            merged = row.latency_buckets or [0] * len(latency_buckets)
+            row.latency_buckets = [a + b for a, b in zip(merged, latency_buckets, strict=False)]
+            row.save(update_fields=["requests", "errors", "tokens", "latency_buckets"])
+            return

@@ -73,6 +73,7 @@ def _detail_context(request: HttpRequest, deployment) -> dict:
         "endpoint": selectors.endpoint_of(deployment),
         "may_manage": can(request.membership.role, "deployments.manage"),
         "scale_form": ScaleForm(initial={"replicas": deployment.desired_replicas}),
+        "traffic": selectors.traffic_summary(deployment=deployment),
     }
 
 

@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as Path
 
+from deployments.models import LATENCY_BUCKETS_MS
 from gateway import routes
 from gateway.limits import Limiter
 
@@ -102,6 +103,21 @@ def _report(deployment_id: int, in_flight: int, requests: int) -> None:
     load_report(deployment_id=deployment_id, in_flight=float(in_flight), requests=requests)
 
 
+def _traffic(deployment_id: int, minute: int, row: dict) -> None:
+    from datetime import UTC, datetime
+
+    from deployments.services import traffic_record
+
+    traffic_record(
+        deployment_id=deployment_id,
+        minute=datetime.fromtimestamp(minute, UTC),
+        requests=row["requests"],
+        errors=row["errors"],
+        tokens=row["tokens"],
+        latency_buckets=row["buckets"],
+    )
+
+
 def _total(usage: dict | None) -> int:
     return int((usage or {}).get("total_tokens") or 0)
 
@@ -155,6 +171,27 @@ def create_app() -> Starlette:
     pumps: set = set()  # engine reads still under way (kept referenced until done)
     dep_in_flight: dict[int, int] = defaultdict(int)  # per deployment, for the autoscaler
     dep_requests: dict[int, int] = defaultdict(int)
+    traffic: dict = {}  # (deployment id, minute) -> counts, for the deployment page
+
+    def observe(route, status: int, usage: dict | None, seconds: float) -> None:
+        minute = int(time.time() // 60) * 60
+        row = traffic.setdefault(
+            (route.deployment_id, minute),
+            {
+                "requests": 0,
+                "errors": 0,
+                "tokens": 0,
+                "buckets": [0] * (len(LATENCY_BUCKETS_MS) + 1),
+            },
+        )
+        row["requests"] += 1
+        row["errors"] += status >= 500
+        row["tokens"] += _total(usage)
+        ms = seconds * 1000
+        row["buckets"][
+            next((i for i, b in enumerate(LATENCY_BUCKETS_MS) if ms <= b), len(LATENCY_BUCKETS_MS))
+        ] += 1
+
     meter = Meter()
     client = httpx.AsyncClient(
         timeout=httpx.Timeout(600.0, connect=3.0),
@@ -308,6 +345,7 @@ def create_app() -> Starlette:
                     usage = json.loads(data).get("usage")
                 record(route, usage)
                 await limiter.spend_tokens(key_id, _total(usage))
+                observe(route, upstream.status_code, usage, time.perf_counter() - started)
                 m_requests.labels(name, str(upstream.status_code)).inc()
                 m_latency.labels(name).observe(time.perf_counter() - started)
                 return Response(
@@ -334,6 +372,12 @@ def create_app() -> Starlette:
         """Tell the autoscaler what this process sees, every few seconds."""
         while True:
             await asyncio.sleep(getattr(settings, "GATEWAY_LOAD_REPORT_S", 5.0))
+            pending, traffic_rows = dict(traffic), list(traffic)
+            for k in traffic_rows:
+                traffic.pop(k, None)
+            for (deployment_id, minute), row in pending.items():
+                with contextlib.suppress(Exception):
+                    await db(_traffic)(deployment_id, minute, row)
             for deployment_id in set(dep_requests) | {k for k, v in dep_in_flight.items() if v}:
                 requests_seen = dep_requests.pop(deployment_id, 0)
                 with contextlib.suppress(Exception):
@@ -370,6 +414,7 @@ def create_app() -> Starlette:
                 await upstream.aclose()
                 record(route, usage)
                 await limiter.spend_tokens(key_id, _total(usage))
+                observe(route, upstream.status_code, usage, time.perf_counter() - started)
                 in_flight[target.replica_id] -= 1
                 dep_in_flight[route.deployment_id] -= 1
                 m_inflight.labels(str(target.replica_id)).dec()

@@ -288,3 +288,32 @@ def test_nearest_region_first_and_failover_to_the_next_region(gateway, org_a, ap
     time.sleep(0.5)
     region, answer = ask("us-east")  # the nearest engine is gone: served from Dublin
     assert region == "eu-west" and answer["usage"]["completion_tokens"] > 0
+
+
+def test_the_deployment_page_shows_the_traffic_the_gateway_served(
+    gateway, running, org_a, api_client_for, web_client
+):
+    from django.urls import reverse
+
+    from deployments.models import TrafficMinute
+
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=api_client_for(org_a).raw_key)
+    for _ in range(3):
+        client.chat.completions.create(
+            model="chat",
+            max_tokens=2,
+            logit_bias={"2": -100},
+            messages=[{"role": "user", "content": "hi"}],
+        )
+    assert wait_for(
+        lambda: (
+            sum(TrafficMinute.objects.filter(deployment=running).values_list("requests", flat=True))
+            == 3
+        )
+    )
+    page = (
+        web_client(owner_of(org_a), org_a)
+        .get(reverse("deployments:detail", args=[running.pk]))
+        .content.decode()
+    )
+    assert "requests/s (3 in all)" in page and "p95 latency" in page and "ms</p>" in page
