@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import defaultdict
 
-import httpx
+import aiohttp
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from prometheus_client import (
@@ -75,8 +75,9 @@ class Meter:
     async def run(self) -> None:
         while True:
             item = await self.queue.get()
+            await asyncio.sleep(0.2)  # gather a batch: one ledger write, not one a request
             batch = [item]
-            while not self.queue.empty() and len(batch) < 500:
+            while not self.queue.empty() and len(batch) < 5000:
                 batch.append(self.queue.get_nowait())
             await db(_write_usage)(batch)
 
@@ -123,21 +124,40 @@ def _total(usage: dict | None) -> int:
 
 
 def _write_usage(batch) -> None:
+    """One ledger write for a batch of requests (rates looked up once per model)."""
     from datetime import UTC, datetime
 
-    from billing.services import meter_tokens
+    from billing.models import UsageKind, UsageRecord
+    from billing.services import MICROS_PER_CENT, token_rates_cents, usage_ingest
 
+    rates: dict = {}
+    records = []
     for route, usage, at in batch:
-        meter_tokens(
-            organization_id=route.organization_id,
-            request_id=uuid.uuid4().hex,
-            deployment_id=route.deployment_id,
-            deployment_name=route.name,
-            model=route.name,
-            input_tokens=int(usage.get("prompt_tokens") or 0),
-            output_tokens=int(usage.get("completion_tokens") or 0),
-            at=datetime.fromtimestamp(at, UTC),
-        )
+        when = datetime.fromtimestamp(at, UTC)
+        if route.name not in rates:
+            rates[route.name] = token_rates_cents(route.name, when)
+        rate_in, rate_out = rates[route.name]
+        request_id = uuid.uuid4().hex
+        for kind, qty, rate in (
+            (UsageKind.INPUT_TOKENS, int(usage.get("prompt_tokens") or 0), rate_in),
+            (UsageKind.OUTPUT_TOKENS, int(usage.get("completion_tokens") or 0), rate_out),
+        ):
+            if qty:
+                records.append(
+                    UsageRecord(
+                        organization_id=route.organization_id,
+                        kind=kind,
+                        quantity=qty,
+                        amount_micros=round(qty * rate * MICROS_PER_CENT / 1_000_000),
+                        window_start=when,
+                        window_end=when,
+                        deployment_id=route.deployment_id,
+                        deployment_name=route.name,
+                        model=route.name,
+                        idempotency_key=f"tok:{request_id}:{kind}",
+                    )
+                )
+    usage_ingest(records)
 
 
 def create_app() -> Starlette:
@@ -193,10 +213,18 @@ def create_app() -> Starlette:
         ] += 1
 
     meter = Meter()
-    client = httpx.AsyncClient(
-        timeout=httpx.Timeout(600.0, connect=3.0),
-        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-    )
+    # aiohttp's client: on this path (many small proxied requests) it spends far less CPU
+    # per request than httpx, which is what the gateway's throughput comes down to.
+    sessions: dict = {}
+
+    def client() -> aiohttp.ClientSession:
+        if "s" not in sessions:
+            sessions["s"] = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=1000, ttl_dns_cache=300),
+                timeout=aiohttp.ClientTimeout(total=600, sock_connect=3),
+                auto_decompress=False,
+            )
+        return sessions["s"]
 
     async def authenticate(request: Request):
         header = request.headers.get("authorization", "")
@@ -315,16 +343,16 @@ def create_app() -> Starlette:
             dep_in_flight[route.deployment_id] += 1
             m_inflight.labels(str(target.replica_id)).inc()
             try:
-                upstream = await client.send(
-                    client.build_request(
-                        "POST",
-                        f"{target.url}{path}",
-                        content=payload,
-                        headers={"content-type": "application/json"},
-                    ),
-                    stream=True,
+                upstream = await client().post(
+                    f"{target.url}{path}",
+                    data=payload,
+                    headers={"content-type": "application/json"},
                 )
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            except (
+                TimeoutError,
+                aiohttp.ClientConnectorError,
+                aiohttp.ServerDisconnectedError,
+            ) as exc:
                 log.warning("replica %s unreachable, trying another: %s", target.url, exc)
                 in_flight[target.replica_id] -= 1
                 dep_in_flight[route.deployment_id] -= 1
@@ -334,9 +362,9 @@ def create_app() -> Starlette:
             m_ttft.labels(name).observe(time.perf_counter() - started)
             if not stream:
                 try:
-                    data = await upstream.aread()
+                    data = await upstream.read()
                 finally:
-                    await upstream.aclose()
+                    upstream.release()
                     in_flight[target.replica_id] -= 1
                     dep_in_flight[route.deployment_id] -= 1
                     m_inflight.labels(str(target.replica_id)).dec()
@@ -345,18 +373,18 @@ def create_app() -> Starlette:
                     usage = json.loads(data).get("usage")
                 record(route, usage)
                 await limiter.spend_tokens(key_id, _total(usage))
-                observe(route, upstream.status_code, usage, time.perf_counter() - started)
-                m_requests.labels(name, str(upstream.status_code)).inc()
+                observe(route, upstream.status, usage, time.perf_counter() - started)
+                m_requests.labels(name, str(upstream.status)).inc()
                 m_latency.labels(name).observe(time.perf_counter() - started)
                 return Response(
                     data,
-                    status_code=upstream.status_code,
+                    status_code=upstream.status,
                     media_type="application/json",
                     headers={"x-gantry-region": target.region},
                 )
             return StreamingResponse(
                 relay(upstream, target, route, started, key_id),
-                status_code=upstream.status_code,
+                status_code=upstream.status,
                 media_type="text/event-stream",
                 headers={"x-gantry-region": target.region},
             )
@@ -399,7 +427,7 @@ def create_app() -> Starlette:
         async def pump():
             buffer = b""
             try:
-                async for chunk in upstream.aiter_raw():
+                async for chunk in upstream.content.iter_any():
                     buffer += chunk
                     *lines, buffer = buffer.split(b"\n")
                     for line in lines:
@@ -411,14 +439,14 @@ def create_app() -> Starlette:
                     queue.put_nowait(chunk)
             finally:
                 queue.put_nowait(None)
-                await upstream.aclose()
+                upstream.release()
                 record(route, usage)
                 await limiter.spend_tokens(key_id, _total(usage))
-                observe(route, upstream.status_code, usage, time.perf_counter() - started)
+                observe(route, upstream.status, usage, time.perf_counter() - started)
                 in_flight[target.replica_id] -= 1
                 dep_in_flight[route.deployment_id] -= 1
                 m_inflight.labels(str(target.replica_id)).dec()
-                m_requests.labels(route.name, str(upstream.status_code)).inc()
+                m_requests.labels(route.name, str(upstream.status)).inc()
                 m_latency.labels(route.name).observe(time.perf_counter() - started)
 
         task = asyncio.get_running_loop().create_task(pump())
@@ -468,7 +496,8 @@ def create_app() -> Starlette:
             meter.task.cancel()
             reporter.cancel()
             await meter.flush()  # nothing metered is lost on a clean shutdown
-            await client.aclose()
+            if "s" in sessions:
+                await sessions["s"].close()
 
     app = Starlette(
         routes=[

@@ -1,0 +1,346 @@
+"""The gateway under the same load as its peers, in one run on this machine.
+
+Same generator (wrk), same concurrency, same fast OpenAI-shaped upstream on loopback; each
+gateway pinned to its own core (taskset), the upstream and wrk on the other. Gantry runs
+with key check, routing and token metering on. Peers, installed only for this bench:
+LiteLLM's proxy (pip, in its own virtualenv; BENCH_LITELLM = path of its `litellm`) and
+Portkey's open-source gateway (npm; BENCH_PORTKEY = its folder), each skipped with a note
+when not installed. Prints requests/s, sequential added latency p50 over the direct
+upstream and p99 at load, and the ratios.
+"""
+
+import asyncio
+import http.client
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from _setup import ROOT, django_on_postgres
+
+CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "32"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
+SEQUENTIAL = int(os.environ.get("BENCH_SEQUENTIAL", "300"))
+LITELLM_KEY = "sk-gantry-bench-7f3a9c2e41d84b6b9e05"
+BODY = json.dumps(
+    {"model": "bench", "max_tokens": 8, "messages": [{"role": "user", "content": "hello"}]}
+)
+ANSWER = json.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "bench",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": "Hello from the upstream."},
+            }
+        ],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15},
+    }
+).encode()
+
+
+class Upstream(asyncio.Protocol):
+    """A deliberately tiny HTTP/1.1 server: keep-alive, one fixed JSON answer."""
+
+    def connection_made(self, transport):
+        self.transport, self.buf = transport, b""
+
+    def data_received(self, data):
+        self.buf += data
+        while b"\r\n\r\n" in self.buf:
+            head, rest = self.buf.split(b"\r\n\r\n", 1)
+            m = re.search(rb"(?i)content-length:\s*(\d+)", head)
+            need = int(m.group(1)) if m else 0
+            if len(rest) < need:
+                return
+            self.buf = rest[need:]
+            self.transport.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Length: "
+                + str(len(ANSWER)).encode()
+                + b"\r\nConnection: keep-alive\r\n\r\n"
+                + ANSWER
+            )
+
+
+def start_upstream(port: int) -> None:
+    def run():
+        loop = asyncio.new_event_loop()
+        server = loop.run_until_complete(loop.create_server(Upstream, "127.0.0.1", port))
+        loop.run_until_complete(server.serve_forever())
+
+    threading.Thread(target=run, daemon=True).start()
+    time.sleep(0.3)
+
+
+def wait_http(port: int, path: str = "/", timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            c.request("GET", path)
+            c.getresponse().read()
+            return True
+        except OSError:
+            time.sleep(0.3)
+    return False
+
+
+def sequential_p50_ms(port: int, path: str, headers: dict) -> float:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    samples = []
+    for i in range(SEQUENTIAL + 20):
+        t = time.perf_counter()
+        conn.request(
+            "POST", path, body=BODY, headers={"Content-Type": "application/json", **headers}
+        )
+        r = conn.getresponse()
+        r.read()
+        assert r.status == 200, r.status
+        if i >= 20:
+            samples.append((time.perf_counter() - t) * 1000)
+    return statistics.median(samples)
+
+
+def wrk(port: int, path: str, headers: dict) -> tuple[float, float]:
+    script = Path(tempfile.mkdtemp()) / "post.lua"
+    lines = [
+        'wrk.method = "POST"',
+        f"wrk.body = {json.dumps(BODY)}",
+        'wrk.headers["Content-Type"] = "application/json"',
+    ]
+    lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
+    script.write_text("\n".join(lines) + "\n")
+    out = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            "0",
+            "wrk",
+            "-t1",
+            f"-c{CONCURRENCY}",
+            f"-d{SECONDS}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{port}{path}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    m = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    p99 = float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
+    if "Non-2xx" in out:
+        raise SystemExit(f"errors under load on port {port}:\n{out}")
+    return rps, p99
+
+
+def main():
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is needed: apt-get install wrk")
+    db_url = django_on_postgres()
+    from django.contrib.auth import get_user_model
+
+    from deployments.gpu_types import ensure_gpu_types
+    from deployments.models import Deployment, Driver, GpuPool, GpuType, Node, Region, Replica
+    from portal.models import ApiKey, Organization
+    from portal.services import api_key_create, organization_create
+
+    upstream_port, gantry_port, litellm_port, portkey_port = 19100, 19101, 19102, 8787
+    start_upstream(upstream_port)
+    up = f"http://127.0.0.1:{upstream_port}"
+
+    ensure_gpu_types()
+    user, _ = get_user_model().objects.get_or_create(username="bench-gw")
+    org = Organization.objects.filter(slug="bench-gw").first() or organization_create(
+        name="bench-gw", slug="bench-gw", owner=user
+    )
+    Deployment.objects.filter(organization=org).delete()
+    ApiKey.objects.filter(organization=org).delete()
+    region, _ = Region.objects.get_or_create(code="bench", defaults={"name": "bench"})
+    pool, _ = GpuPool.objects.get_or_create(
+        region=region,
+        name="cpu",
+        defaults={"driver": Driver.LOCAL, "gpu_type": GpuType.objects.get(code="cpu")},
+    )
+    node, _ = Node.objects.get_or_create(pool=pool, name="n", defaults={"gpus_total": 1})
+    d = Deployment.objects.create(
+        organization=org,
+        name="bench",
+        model_ref="x/y",
+        engine="vllm",
+        gpu_type=GpuType.objects.get(code="cpu"),
+        regions=["bench"],
+        status="running",
+    )
+    Replica.objects.create(
+        deployment=d,
+        ordinal=0,
+        region=region,
+        pool=pool,
+        node=node,
+        gpus=0,
+        status="running",
+        url=up,
+        handle="bench",
+    )
+    _key, raw = api_key_create(organization=org, user=user, name="bench")
+
+    procs = []
+    env = {**os.environ, "DATABASE_URL": db_url, "LOG_LEVEL": "WARNING"}
+    procs.append(
+        subprocess.Popen(
+            [
+                "taskset",
+                "-c",
+                "1",
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "gateway.asgi:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(gantry_port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    )
+    peers = {"gantry": (gantry_port, "/v1/chat/completions", {"Authorization": f"Bearer {raw}"})}
+
+    litellm = os.environ.get("BENCH_LITELLM", "/tmp/peer-venv/bin/litellm")
+    if Path(litellm).exists():
+        cfg = Path(tempfile.mkdtemp()) / "litellm.yaml"
+        cfg.write_text(
+            json.dumps(
+                {
+                    "model_list": [
+                        {
+                            "model_name": "bench",
+                            "litellm_params": {
+                                "model": "openai/bench",
+                                "api_base": f"{up}/v1",
+                                "api_key": "sk-bench",
+                            },
+                        }
+                    ]
+                }
+            )
+        )
+        procs.append(
+            subprocess.Popen(
+                [
+                    "taskset",
+                    "-c",
+                    "1",
+                    litellm,
+                    "--config",
+                    str(cfg),
+                    "--port",
+                    str(litellm_port),
+                    "--num_workers",
+                    "1",
+                ],
+                env={
+                    # Not DATABASE_URL: LiteLLM would try to keep its own tables there.
+                    **{k: v for k, v in os.environ.items() if k != "DATABASE_URL"},
+                    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                    "LITELLM_LOG": "ERROR",
+                    "LITELLM_MASTER_KEY": LITELLM_KEY,
+                },
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        peers["litellm"] = (
+            litellm_port,
+            "/v1/chat/completions",
+            {"Authorization": f"Bearer {LITELLM_KEY}"},
+        )
+    portkey = Path(os.environ.get("BENCH_PORTKEY", "/tmp/portkey"))
+    start = portkey / "node_modules/@portkey-ai/gateway/build/start-server.js"
+    if start.exists():
+        procs.append(
+            subprocess.Popen(
+                ["taskset", "-c", "1", "node", str(start), "--headless"],
+                cwd=portkey,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        peers["portkey"] = (
+            portkey_port,
+            "/v1/chat/completions",
+            {
+                "x-portkey-provider": "openai",
+                "x-portkey-custom-host": f"{up}/v1",
+                "Authorization": "Bearer sk-bench",
+            },
+        )
+    try:
+        for name, (port, _, _) in peers.items():
+            health = {"gantry": "/healthz", "litellm": "/health/liveliness"}.get(name, "/")
+            if not wait_http(port, health, timeout=120):
+                raise SystemExit(f"{name} did not start on port {port}")
+        direct = sequential_p50_ms(upstream_port, "/v1/chat/completions", {})
+        results = {}
+        for name, (port, path, headers) in peers.items():
+            seq = sequential_p50_ms(port, path, headers)
+            rps, p99 = wrk(port, path, headers)
+            results[name] = {"rps": rps, "added": seq - direct, "p99": p99}
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            with __import__("contextlib").suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=15)
+
+    print(
+        f"wrk -t1 -c{CONCURRENCY} -d{SECONDS}s; gateways on core 1, upstream and wrk on "
+        f"core 0; direct upstream sequential p50 {direct:.3f} ms"
+    )
+    print(f"{'gateway':<10}{'req/s':>10}{'added p50 ms':>14}{'p99 at load ms':>16}")
+    for name, r in results.items():
+        print(f"{name:<10}{r['rps']:>10.0f}{r['added']:>14.3f}{r['p99']:>16.2f}")
+    g = results["gantry"]
+    pk = results.get("portkey")
+    ll = results.get("litellm")
+    print(
+        "ratios: "
+        + ", ".join(
+            f"gantry/{n} {g['rps'] / r['rps']:.2f}×" for n, r in results.items() if n != "gantry"
+        )
+    )
+    nan = float("nan")
+    print(
+        f"RESULT gantry_rps={g['rps']:.0f} litellm_rps={ll['rps'] if ll else nan:.0f} "
+        f"portkey_rps={pk['rps'] if pk else nan:.0f} "
+        f"rps_vs_portkey={g['rps'] / pk['rps'] if pk else nan:.2f} "
+        f"rps_vs_litellm={g['rps'] / ll['rps'] if ll else nan:.2f} "
+        f"gantry_seq_added_p50_ms={g['added']:.3f} "
+        f"portkey_seq_added_p50_ms={pk['added'] if pk else nan:.3f} "
+        f"litellm_seq_added_p50_ms={ll['added'] if ll else nan:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
