@@ -2,11 +2,12 @@
 
 Same generator (wrk), same concurrency, same fast OpenAI-shaped upstream on loopback; each
 gateway pinned to its own core (taskset), the upstream and wrk on the other. Gantry runs
-with key check, routing and token metering on. Peers, installed only for this bench:
-LiteLLM's proxy (pip, in its own virtualenv; BENCH_LITELLM = path of its `litellm`) and
-Portkey's open-source gateway (npm; BENCH_PORTKEY = its folder), each skipped with a note
-when not installed. Prints requests/s, sequential added latency p50 over the direct
-upstream and p99 at load, and the ratios.
+with key check, routing and token metering on. The peers are installed on first use, for
+this bench only, under var/bench-peers (never in the product's requirements): LiteLLM's
+proxy in a virtualenv of its own, Portkey's gateway from npm with @hono/node-server held at
+1.13.5 (newer ones break its streaming). BENCH_LITELLM / BENCH_PORTKEY point elsewhere.
+Prints requests/s, sequential added latency p50 over the direct upstream and p99 at load,
+and the ratios.
 """
 
 import asyncio
@@ -148,6 +149,38 @@ def wrk(port: int, path: str, headers: dict) -> tuple[float, float]:
     return rps, p99
 
 
+PEERS = ROOT / "var" / "bench-peers"
+
+
+def install_peers() -> tuple[str, Path]:
+    """LiteLLM's `litellm` and Portkey's folder, installed here once if not given."""
+    litellm = os.environ.get("BENCH_LITELLM") or str(PEERS / "litellm" / "bin" / "litellm")
+    if not os.environ.get("BENCH_LITELLM") and not Path(litellm).exists():
+        print("installing LiteLLM's proxy for the bench (once)…", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(PEERS / "litellm")], check=True)
+        subprocess.run(
+            [str(PEERS / "litellm" / "bin" / "pip"), "install", "-q", "litellm[proxy]"], check=False
+        )
+    portkey = Path(os.environ.get("BENCH_PORTKEY") or PEERS / "portkey")
+    start = portkey / "node_modules/@portkey-ai/gateway/build/start-server.js"
+    if not os.environ.get("BENCH_PORTKEY") and not start.exists() and shutil.which("npm"):
+        print("installing Portkey's gateway for the bench (once)…", flush=True)
+        portkey.mkdir(parents=True, exist_ok=True)
+        (portkey / "package.json").write_text(
+            json.dumps(
+                {
+                    "name": "bench-portkey",
+                    "private": True,
+                    "overrides": {"@hono/node-server": "1.13.5"},
+                }
+            )
+        )
+        subprocess.run(
+            ["npm", "install", "--silent", "@portkey-ai/gateway"], cwd=portkey, check=False
+        )
+    return litellm, portkey
+
+
 def main():
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
@@ -227,7 +260,7 @@ def main():
     )
     peers = {"gantry": (gantry_port, "/v1/chat/completions", {"Authorization": f"Bearer {raw}"})}
 
-    litellm = os.environ.get("BENCH_LITELLM", "/tmp/peer-venv/bin/litellm")
+    litellm, portkey = install_peers()
     if Path(litellm).exists():
         cfg = Path(tempfile.mkdtemp()) / "litellm.yaml"
         cfg.write_text(
@@ -276,7 +309,6 @@ def main():
             "/v1/chat/completions",
             {"Authorization": f"Bearer {LITELLM_KEY}"},
         )
-    portkey = Path(os.environ.get("BENCH_PORTKEY", "/tmp/portkey"))
     start = portkey / "node_modules/@portkey-ai/gateway/build/start-server.js"
     if start.exists():
         procs.append(
