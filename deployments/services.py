@@ -174,20 +174,12 @@ def deployment_create(
     if errors:
         raise ValidationError(errors)
     # Capacity is promised here: check the organization's quotas under its lock.
-    quota = billing.quota_lock(organization)
-    billing.capacity_allowed(organization, quota)
+    quota = reserve_gpus(organization, gpu, gpus=desired * gpus)
     billing.quota_check_deployments(
         quota,
         current=Deployment.objects.filter(
             organization=organization, deleted_at__isnull=True
         ).count(),
-    )
-    billing.quota_check_gpus(
-        quota,
-        gpu_type=gpu.code,
-        gpu_label=gpu.name,
-        committed=committed_gpus(organization, gpu.code),
-        extra=desired * gpus,
     )
     deployment = Deployment.objects.create(
         organization=organization,
@@ -235,14 +227,11 @@ def deployment_scale(*, deployment: Deployment, replicas) -> Deployment:
         )
     before = d.desired_replicas
     if replicas > before:
-        quota = billing.quota_lock(d.organization)
-        billing.capacity_allowed(d.organization, quota)
-        billing.quota_check_gpus(
-            quota,
-            gpu_type=d.gpu_type.code,
-            gpu_label=d.gpu_type.name,
-            committed=committed_gpus(d.organization, d.gpu_type.code) - before * d.gpus_per_replica,
-            extra=replicas * d.gpus_per_replica,
+        reserve_gpus(
+            d.organization,
+            d.gpu_type,
+            gpus=replicas * d.gpus_per_replica,
+            holding=before * d.gpus_per_replica,
         )
     Deployment.objects.filter(pk=d.pk).update(
         desired_replicas=replicas,
@@ -262,6 +251,24 @@ def deployment_scale(*, deployment: Deployment, replicas) -> Deployment:
     _enqueue_reconcile(d.pk)
     d.refresh_from_db()
     return d
+
+
+def reserve_gpus(organization, gpu_type: GpuType, *, gpus: int, holding: int = 0):
+    """The one check before any capacity is promised (create, scale up, wake, autoscale):
+    under the organization's quota lock, the account may take capacity and `gpus` of
+    this type fit the quota, counting what the organization already asks for except
+    `holding` (what the deployment being changed asks for now). Call inside the
+    transaction that records the promise. Returns the locked quota."""
+    quota = billing.quota_lock(organization)
+    billing.capacity_allowed(organization, quota)
+    billing.quota_check_gpus(
+        quota,
+        gpu_type=gpu_type.code,
+        gpu_label=gpu_type.name,
+        committed=committed_gpus(organization, gpu_type.code) - holding,
+        extra=gpus,
+    )
+    return quota
 
 
 def committed_gpus(organization, gpu_type: str) -> int:
@@ -918,15 +925,7 @@ def deployment_wake(*, deployment_id: int, at=None) -> bool:
     if d is None or d.desired_replicas > 0:
         return False
     target = max(d.min_replicas, 1)
-    quota = billing.quota_lock(d.organization)
-    billing.capacity_allowed(d.organization, quota)
-    billing.quota_check_gpus(
-        quota,
-        gpu_type=d.gpu_type.code,
-        gpu_label=d.gpu_type.name,
-        committed=committed_gpus(d.organization, d.gpu_type.code),
-        extra=target * d.gpus_per_replica,
-    )
+    reserve_gpus(d.organization, d.gpu_type, gpus=target * d.gpus_per_replica)
     Deployment.objects.filter(pk=d.pk).update(
         desired_replicas=target,
         failure_count=0,
@@ -981,14 +980,11 @@ def autoscale(*, now=None) -> int:
         try:
             with transaction.atomic():
                 if wanted > current:
-                    quota = billing.quota_lock(d.organization)
-                    billing.quota_check_gpus(
-                        quota,
-                        gpu_type=d.gpu_type.code,
-                        gpu_label=d.gpu_type.name,
-                        committed=committed_gpus(d.organization, d.gpu_type.code)
-                        - current * d.gpus_per_replica,
-                        extra=wanted * d.gpus_per_replica,
+                    reserve_gpus(
+                        d.organization,
+                        d.gpu_type,
+                        gpus=wanted * d.gpus_per_replica,
+                        holding=current * d.gpus_per_replica,
                     )
                 Deployment.objects.filter(pk=d.pk).update(desired_replicas=wanted)
                 event(d, "autoscaled", f"scaled {current} → {wanted} ({reason})")
