@@ -233,27 +233,53 @@ def meter_tokens(
     output_tokens: int,
     at: datetime,
 ) -> None:
-    rate_in, rate_out = token_rates_cents(model, at)
+    meter_tokens_many(
+        [
+            {
+                "organization_id": organization_id,
+                "request_id": request_id,
+                "deployment_id": deployment_id,
+                "deployment_name": deployment_name,
+                "model": model,
+                "input_tokens": input_tokens,
+                "output_tokens": output_tokens,
+                "at": at,
+            }
+        ]
+    )
+
+
+def meter_tokens_many(items: list[dict]) -> None:
+    """Token usage of many requests (the keys of `meter_tokens`), priced at the rate in
+    force and written in one ledger batch, keyed by request so a replay counts once."""
+    rates: dict = {}
     rows = []
-    for kind, qty, rate in (
-        (UsageKind.INPUT_TOKENS, input_tokens, rate_in),
-        (UsageKind.OUTPUT_TOKENS, output_tokens, rate_out),
-    ):
-        if qty:
-            rows.append(
-                UsageRecord(
-                    organization_id=organization_id,
-                    kind=kind,
-                    quantity=qty,
-                    amount_micros=round(qty * rate * MICROS_PER_CENT / 1_000_000),
-                    window_start=at,
-                    window_end=at,
-                    deployment_id=deployment_id,
-                    deployment_name=deployment_name,
-                    model=model,
-                    idempotency_key=f"tok:{request_id}:{kind}",
+    for item in items:
+        at, model = item["at"], item["model"]
+        # Rates change rarely; one lookup per model and minute serves a whole batch.
+        key = (model, at.replace(second=0, microsecond=0))
+        if key not in rates:
+            rates[key] = token_rates_cents(model, at)
+        rate_in, rate_out = rates[key]
+        for kind, qty, rate in (
+            (UsageKind.INPUT_TOKENS, item["input_tokens"], rate_in),
+            (UsageKind.OUTPUT_TOKENS, item["output_tokens"], rate_out),
+        ):
+            if qty:
+                rows.append(
+                    UsageRecord(
+                        organization_id=item["organization_id"],
+                        kind=kind,
+                        quantity=qty,
+                        amount_micros=round(qty * rate * MICROS_PER_CENT / 1_000_000),
+                        window_start=at,
+                        window_end=at,
+                        deployment_id=item["deployment_id"],
+                        deployment_name=item["deployment_name"],
+                        model=model,
+                        idempotency_key=f"tok:{item['request_id']}:{kind}",
+                    )
                 )
-            )
     usage_ingest(rows)
 
 

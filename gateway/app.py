@@ -124,6 +124,63 @@ def _total(usage: dict | None) -> int:
 
 
 def _write_usage(batch) -> None:
+    """One ledger write for a batch of requests."""
+    from datetime import UTC, datetime
+
+    from billing.services import meter_tokens_many
+
+    meter_tokens_many(
+        [
+            {
+                "organization_id": route.organization_id,
+                "request_id": uuid.uuid4().hex,
+                "deployment_id": route.deployment_id,
+                "deployment_name": route.name,
+                "model": route.name,
+                "input_tokens": int(usage.get("prompt_tokens") or 0),
+                "output_tokens": int(usage.get("completion_tokens") or 0),
+                "at": datetime.fromtimestamp(at, UTC),
+            }
+            for route, usage, at in batch
+        ]
+    )
+
+
+def _wake(deployment_id: int) -> None:
+    from django.core.exceptions import ValidationError
+
+    from deployments.services import deployment_wake
+
+    with contextlib.suppress(ValidationError):  # over quota: it stays asleep, 503 says so
+        deployment_wake(deployment_id=deployment_id)
+
+
+def _report(deployment_id: int, in_flight: int, requests: int) -> None:
+    from deployments.services import load_report
+
+    load_report(deployment_id=deployment_id, in_flight=float(in_flight), requests=requests)
+
+
+def _traffic(deployment_id: int, minute: int, row: dict) -> None:
+    from datetime import UTC, datetime
+
+    from deployments.services import traffic_record
+
+    traffic_record(
+        deployment_id=deployment_id,
+        minute=datetime.fromtimestamp(minute, UTC),
+        requests=row["requests"],
+        errors=row["errors"],
+        tokens=row["tokens"],
+        latency_buckets=row["buckets"],
+    )
+
+
+def _total(usage: dict | None) -> int:
+    return int((usage or {}).get("total_tokens") or 0)
+
+
+def _write_usage(batch) -> None:
     """One ledger write for a batch of requests (rates looked up once per model)."""
     from datetime import UTC, datetime
 
