@@ -211,7 +211,6 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         deployment = access_deployment(request.org, pk)
         require(request.membership, "deployments.manage")
         services.deployment_delete(deployment=deployment)
-        services.deployment_settle(deployment=deployment)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(request=ScaleIn, responses=DeploymentOut)
@@ -221,12 +220,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         require(request.membership, "deployments.manage")
         data = ScaleIn(data=request.data)
         data.is_valid(raise_exception=True)
-        before = deployment.desired_replicas
-        deployment = services.deployment_scale(
-            deployment=deployment, replicas=data.validated_data["replicas"]
-        )
-        if deployment.desired_replicas < before:
-            services.deployment_settle(deployment=deployment)
+        services.deployment_scale(deployment=deployment, replicas=data.validated_data["replicas"])
         return Response(DeploymentOut(access_deployment(request.org, pk)).data)
 
     @extend_schema(request=None, responses=DeploymentOut)
@@ -235,7 +229,6 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         deployment = access_deployment(request.org, pk)
         require(request.membership, "deployments.manage")
         services.deployment_stop(deployment=deployment)
-        services.deployment_settle(deployment=deployment)
         return Response(DeploymentOut(access_deployment(request.org, pk)).data)
 
     @extend_schema(request=None, responses=DeploymentOut)

@@ -244,6 +244,9 @@ def deployment_scale(*, deployment: Deployment, replicas) -> Deployment:
         ),
         updated_at=timezone.now(),
     )
+    if replicas < before:
+        # Fewer replicas: stop them now, so GPUs are free before the caller answers.
+        transaction.on_commit(lambda: deployment_settle(deployment=d))
     if replicas == 0:
         event(d, "stopped", f"stop requested (was {before} replicas)")
     else:
@@ -296,12 +299,14 @@ def deployment_delete(*, deployment: Deployment) -> None:
         deleted_at=timezone.now(), desired_replicas=0, status=DeploymentStatus.DELETING
     )
     event(d, "deleting", "delete requested; stopping replicas and releasing GPUs")
+    transaction.on_commit(lambda: deployment_settle(deployment=d))
     _enqueue_reconcile(d.pk)
 
 
 def deployment_settle(*, deployment: Deployment) -> None:
-    """Run a reconcile pass now, after the caller's transaction, so that a stop or delete
-    releases GPUs before the answer goes out. The worker finishes whatever this cannot."""
+    """Run a reconcile pass now (scale-down and delete call it after their commit), so
+    that GPUs are released before the answer goes out. The worker finishes whatever this
+    cannot."""
     try:
         deployment_reconcile(deployment_id=deployment.pk)
     except DriverUnavailable as exc:

@@ -105,12 +105,9 @@ def deployment_scale(request: HttpRequest, pk: int) -> HttpResponse:
     try:
         if not form.is_valid():
             raise ValidationError({"replicas": "Give a whole number, 0 or more."})
-        before = deployment.desired_replicas
         deployment = services.deployment_scale(
             deployment=deployment, replicas=form.cleaned_data["replicas"]
         )
-        if deployment.desired_replicas < before:
-            services.deployment_settle(deployment=deployment)
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
     return _after_action(request, deployment)
@@ -122,7 +119,6 @@ def deployment_stop(request: HttpRequest, pk: int) -> HttpResponse:
     deployment = access_deployment(request.org, pk)
     require(request.membership, "deployments.manage")
     services.deployment_stop(deployment=deployment)
-    services.deployment_settle(deployment=deployment)
     return _after_action(request, deployment)
 
 
@@ -141,7 +137,6 @@ def deployment_delete(request: HttpRequest, pk: int) -> HttpResponse:
     deployment = access_deployment(request.org, pk)
     require(request.membership, "deployments.manage")
     services.deployment_delete(deployment=deployment)
-    services.deployment_settle(deployment=deployment)
     messages.success(request, f"Deleted {deployment.name}; its GPUs are released.")
     if request.htmx:
         response = HttpResponse(status=204)
