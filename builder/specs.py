@@ -8,6 +8,8 @@ import re
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
+from deployments import flags
+
 # Architectures (config.json `architectures`) each engine serves, and GGUF
 # `general.architecture` values llama.cpp serves.
 ENGINE_ARCHITECTURES = {
@@ -52,34 +54,16 @@ ENGINE_ARCHITECTURES = {
         "gguf:mistral",
     },
 }
-ENGINE_VERSIONS = {"llama.cpp": ["0.3.36"], "vllm": ["0.11.0"], "sglang": ["0.5.3"]}
+ENGINE_VERSIONS = flags.ENGINE_VERSIONS
 QUANTIZATIONS = {
     "llama.cpp": ["as-file"],
     "vllm": ["bf16", "fp8", "awq-int4", "gptq-int4"],
     "sglang": ["bf16", "fp8"],
 }
 
-# option -> (type, low, high or allowed values, command-line flag)
-OPTIONS = {
-    "llama.cpp": {
-        "n_threads": (int, 1, 256, "--n_threads"),
-        "n_batch": (int, 1, 8192, "--n_batch"),
-        "n_gpu_layers": (int, -1, 1000, "--n_gpu_layers"),
-        "flash_attn": (bool, None, None, "--flash_attn"),
-    },
-    "vllm": {
-        "max_num_seqs": (int, 1, 4096, "--max-num-seqs"),
-        "gpu_memory_utilization": (float, 0.1, 0.99, "--gpu-memory-utilization"),
-        "tensor_parallel_size": (int, 1, 16, "--tensor-parallel-size"),
-        "enable_prefix_caching": (bool, None, None, "--enable-prefix-caching"),
-        "kv_cache_dtype": (str, None, ["auto", "fp8"], "--kv-cache-dtype"),
-    },
-    "sglang": {
-        "mem_fraction_static": (float, 0.1, 0.99, "--mem-fraction-static"),
-        "tp_size": (int, 1, 16, "--tp-size"),
-        "max_running_requests": (int, 1, 4096, "--max-running-requests"),
-    },
-}
+# A build's options are the engine's tenant flags (one schema, deployments.flags), named
+# by their key: n_threads, max_num_seqs, tp_size…
+OPTIONS = {engine: flags.schema_for(engine).by_key() for engine in flags.SCHEMAS}
 ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]{0,63}$")
 ENV_VALUE_RE = re.compile(r"^[A-Za-z0-9_.,:/@+=-]{0,200}$")
 RESERVED_ENV = {
@@ -98,47 +82,39 @@ def engines_for(architecture: str) -> list[str]:
     return [e for e, archs in ENGINE_ARCHITECTURES.items() if architecture in archs]
 
 
-def validate_options(engine: str, options) -> dict:
+def _range_text(flag: flags.Flag) -> str:
+    if flag.kind is bool:
+        return "true or false"
+    if flag.choices:
+        return f"one of {', '.join(flag.choices)}"
+    whole = " (a whole number)" if flag.kind is int else ""
+    return f"from {flag.low:g} to {flag.high:g}{whole}"
+
+
+def validate_options(engine: str, options, version: str = "") -> dict:
     if not isinstance(options, dict):
         raise ValidationError({"options": "Give options as a mapping of name to value."})
-    allowed = OPTIONS.get(engine, {})
+    schema = flags.schema_for(engine, version) if engine in flags.SCHEMAS else None
+    allowed = schema.by_key() if schema else {}
     clean = {}
     for name, value in options.items():
-        if name not in allowed:
+        flag, _implied = schema.lookup(str(name)) if schema else (None, None)
+        if flag is None or str(name).startswith("-") or flag.key in clean:
             raise ValidationError(
                 {
                     "options": (
-                        f"{name!r} is not an option of {engine}; allowed: "
+                        f"{str(name)[:60]!r} is not an option of {engine}; allowed: "
                         + ", ".join(sorted(allowed))
                         + "."
                     )
                 }
             )
-        kind, low, high, _flag = allowed[name]
         try:
-            if kind is bool:
-                if not isinstance(value, bool) and str(value).lower() not in {"true", "false"}:
-                    raise ValueError
-                value = value if isinstance(value, bool) else str(value).lower() == "true"
-            elif kind is str:
-                if value not in high:
-                    raise ValueError
-            else:
-                value = kind(value)
-                if not low <= value <= high:
-                    raise ValueError
+            clean[flag.key] = flag.parse(value)
         except (TypeError, ValueError):
-            allowed_text = (
-                f"one of {', '.join(high)}"
-                if kind is str
-                else "true or false"
-                if kind is bool
-                else f"from {low} to {high}"
-            )
             raise ValidationError(
-                {"options": f"{name} must be {allowed_text}; got {value!r}."}
+                {"options": f"{flag.key} must be {_range_text(flag)}; got {str(value)[:60]!r}."}
             ) from None
-        clean[name] = value
     return clean
 
 
@@ -169,18 +145,10 @@ def validate_env(env) -> dict:
     return clean
 
 
-def option_args(engine: str, options: dict) -> list[str]:
-    args = []
-    for name, value in sorted(options.items()):
-        kind, _low, _high, flag = OPTIONS[engine][name]
-        if kind is bool:
-            if engine == "llama.cpp":
-                args += [flag, "true" if value else "false"]
-            elif value:
-                args.append(flag)
-        else:
-            args += [flag, str(value)]
-    return args
+def option_args(engine: str, options: dict, version: str = "") -> list[str]:
+    """The options as the engine's command-line flags (what deployments validate again)."""
+    by_key = flags.schema_for(engine, version).by_key()
+    return flags.render_args((by_key[name], value) for name, value in sorted(options.items()))
 
 
 def base_image(engine: str) -> str:
@@ -196,7 +164,7 @@ def spec_document(build) -> dict:
         "quantization": build.quantization,
         "max_context": build.max_context,
         "options": build.options,
-        "args": option_args(build.engine, build.options),
+        "args": option_args(build.engine, build.options, build.engine_version),
         "env": build.env,
         "model": {
             "source": build.source_kind,
