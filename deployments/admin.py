@@ -50,9 +50,14 @@ class PoolForm(forms.ModelForm):
             "gpu_type",
             "config",
             "price_per_hour_cents",
+            "allowed_images",
+            "runs_org_builds",
             "enabled",
         ]
-        widgets = {"config": forms.Textarea(attrs={"rows": 4})}
+        widgets = {
+            "config": forms.Textarea(attrs={"rows": 4}),
+            "allowed_images": forms.Textarea(attrs={"rows": 3}),
+        }
         help_texts = {
             "config": 'JSON. docker: {"docker_url": "tcp://gpu-host:2376", '
             '"port_range": [30000, 30999]}; kubernetes: {"namespace": "gantry", '

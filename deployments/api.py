@@ -5,7 +5,7 @@ from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action, api_view
 from rest_framework.response import Response
 
-from deployments import selectors, services
+from deployments import flags, selectors, services
 from deployments.access import access_deployment, access_replica
 from deployments.models import Deployment, DeploymentEvent, GpuType, Replica
 from deployments.placement import capacity_by_region_and_type
@@ -177,6 +177,45 @@ def gpu_type_list(request):
 def capacity(request):
     """Total, allocated and free GPUs per region and GPU type."""
     return Response(capacity_by_region_and_type())
+
+
+class EngineFlagOut(serializers.Serializer):
+    name = serializers.CharField()
+    type = serializers.CharField()
+    min = serializers.FloatField(allow_null=True)
+    max = serializers.FloatField(allow_null=True)
+    choices = serializers.ListField(child=serializers.CharField())
+    help = serializers.CharField()
+    tunable = serializers.BooleanField()
+    aliases = serializers.ListField(child=serializers.CharField())
+
+
+class EngineVersionOut(serializers.Serializer):
+    version = serializers.CharField()
+    flags = EngineFlagOut(many=True)
+
+
+class EngineOut(serializers.Serializer):
+    engine = serializers.CharField()
+    versions = EngineVersionOut(many=True)
+
+
+@extend_schema(responses=EngineOut(many=True))
+@api_view(["GET"])
+def engine_list(request):
+    """The engines and, per version, the flags a deployment may set (name, type, range or
+    choices, and whether a tuning may vary it)."""
+    return Response(
+        [
+            {
+                "engine": engine,
+                "versions": [
+                    {"version": v, "flags": flags.schema_document(engine, v)} for v in versions
+                ],
+            }
+            for engine, versions in flags.ENGINE_VERSIONS.items()
+        ]
+    )
 
 
 class DeploymentViewSet(viewsets.GenericViewSet):

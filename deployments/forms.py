@@ -14,16 +14,21 @@ class DeploymentForm(forms.Form):
         label="Model",
         max_length=255,
         initial=DEMO_MODEL_REF,
-        help_text=f"{DEMO_MODEL_REF} (tiny, random weights — a demo), an absolute path to a "
-        ".gguf file in an allowed folder, or a Hugging Face repo id for vLLM/SGLang.",
+        help_text=f"{DEMO_MODEL_REF} (tiny, random weights — a demo), a catalog model file, "
+        "build:<id> or upload:<id> of your organization, shared:<path> in a shared model "
+        "folder, or a Hugging Face repo id for vLLM/SGLang.",
     )
     image = forms.CharField(
         max_length=255,
         required=False,
-        help_text="Optional: override the engine image (docker, kubernetes).",
+        help_text="Optional (docker, kubernetes): an image the regions' pools allow, or one "
+        "your organization's builds produced. Empty: the engine's own image.",
     )
     engine_args = forms.CharField(
-        required=False, help_text="Extra engine options, separated by spaces, e.g. --n_ctx 2048"
+        required=False,
+        max_length=4000,
+        help_text="Extra engine flags, separated by spaces, e.g. --n_ctx 2048 (see the flags "
+        "each engine allows below).",
     )
     gpu_type = forms.ChoiceField(label="GPU type")
     gpus_per_replica = forms.IntegerField(label="GPUs per replica", initial=1)

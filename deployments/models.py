@@ -57,6 +57,17 @@ class GpuPool(models.Model):
     price_per_hour_cents = models.PositiveIntegerField(
         null=True, blank=True, help_text="Per GPU-hour; empty = the GPU type's list price."
     )
+    # Images are the operators' choice: a tenant's deployment runs one of these (or one
+    # of its own organization's builds, where runs_org_builds allows).
+    allowed_images = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Images this pool may run, e.g. ["vllm/vllm-openai:v0.11.0"]; '
+        "empty: the engine images (GANTRY_ENGINE_IMAGES).",
+    )
+    runs_org_builds = models.BooleanField(
+        default=True, help_text="Also run images an organization built with the builder."
+    )
     enabled = models.BooleanField(default=True)
     healthy = models.BooleanField(default=True)
     health_message = models.CharField(max_length=300, blank=True)
@@ -70,6 +81,10 @@ class GpuPool(models.Model):
 
     def __str__(self) -> str:
         return f"{self.region.code}/{self.name}"
+
+    def effective_images(self) -> list[str]:
+        listed = [str(i) for i in self.allowed_images or [] if i]
+        return listed or [i for i in settings.GANTRY_ENGINE_IMAGES.values() if i]
 
     @property
     def effective_price_cents(self) -> int:

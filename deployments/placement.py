@@ -7,10 +7,12 @@ constraint backs it up.
 """
 
 import psycopg
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Case, F, IntegerField, Sum, Value, When
 from django.db.models.functions import Coalesce
 
+from deployments.artifacts import organization_artifacts, pool_runs_image
 from deployments.models import (
     LIVE_REPLICA_STATUSES,
     Deployment,
@@ -28,7 +30,26 @@ class Unschedulable(Exception):
         self.reason = reason
 
 
-def _candidates(deployment: Deployment):
+def _deployment_image(deployment: Deployment) -> str:
+    return deployment.image or settings.GANTRY_ENGINE_IMAGES.get(deployment.engine, "")
+
+
+def image_pool_ids(deployment: Deployment) -> list[int]:
+    """The pools of the deployment's regions and GPU type whose image allow-list lets
+    them run its image (an organization's own build runs where pools allow builds)."""
+    image = _deployment_image(deployment)
+    pools = list(
+        GpuPool.objects.filter(
+            region__code__in=deployment.regions, gpu_type_id=deployment.gpu_type_id
+        ).only("pk", "allowed_images", "runs_org_builds")
+    )
+    if all(image in p.effective_images() for p in pools):
+        return [p.pk for p in pools]
+    own = organization_artifacts(deployment.organization).images if deployment.image else set()
+    return [p.pk for p in pools if pool_runs_image(p, image, own)]
+
+
+def _candidates(deployment: Deployment, pool_ids: list[int]):
     n = deployment.gpus_per_replica
     rank = Case(
         *[
@@ -43,6 +64,7 @@ def _candidates(deployment: Deployment):
             pool__region__code__in=deployment.regions,
             pool__region__enabled=True,
             pool__gpu_type_id=deployment.gpu_type_id,
+            pool_id__in=pool_ids,
             pool__enabled=True,
             pool__healthy=True,
             healthy=True,
@@ -65,9 +87,10 @@ def place_replica(*, deployment: Deployment, ordinal: int) -> Replica:
     takes the best node nobody else is deciding on right now (FOR UPDATE SKIP LOCKED).
     Only when every fitting node is being decided on does a placer wait for one.
     """
+    pool_ids = image_pool_ids(deployment)
     if connection.vendor == "postgresql":
-        return _place_postgres(deployment=deployment, ordinal=ordinal)
-    return _place_portable(deployment=deployment, ordinal=ordinal)
+        return _place_postgres(deployment=deployment, ordinal=ordinal, pool_ids=pool_ids)
+    return _place_portable(deployment=deployment, ordinal=ordinal, pool_ids=pool_ids)
 
 
 # One round trip on PostgreSQL: choose and lock the node, hold its GPUs, write the
@@ -81,7 +104,7 @@ WITH pools AS (
     FROM deployments_gpupool p
     JOIN deployments_region r ON r.id = p.region_id
     WHERE r.code = ANY(%(regions)s::text[]) AND r.enabled AND p.gpu_type_id = %(gpu_type)s
-      AND p.enabled AND p.healthy
+      AND p.id = ANY(%(pools)s::bigint[]) AND p.enabled AND p.healthy
 ), best AS (
     -- The most preferred, then cheapest, group of pools that has room at all: only its
     -- nodes are ranked below.
@@ -117,10 +140,15 @@ RETURNING id, region_id, pool_id, node_id, created_at
 """
 
 
-def _place_postgres(*, deployment: Deployment, ordinal: int) -> Replica:
+def _place_postgres(
+    *, deployment: Deployment, ordinal: int, pool_ids: list[int] | None = None
+) -> Replica:
     n = deployment.gpus_per_replica
+    if pool_ids is None:
+        pool_ids = image_pool_ids(deployment)
     params = {
         "regions": list(deployment.regions),
+        "pools": pool_ids,
         "gpu_type": deployment.gpu_type_id,
         "type_price": deployment.gpu_type.price_per_hour_cents,
         "n": n,
@@ -156,16 +184,22 @@ def _place_postgres(*, deployment: Deployment, ordinal: int) -> Replica:
             return replica
     # Either nothing fits, or the preferred group filled up while this placer waited:
     # the portable path looks again from scratch (and explains when nothing fits).
-    return _place_portable(deployment=deployment, ordinal=ordinal)
+    return _place_portable(deployment=deployment, ordinal=ordinal, pool_ids=pool_ids)
 
 
 @transaction.atomic
-def _place_portable(*, deployment: Deployment, ordinal: int) -> Replica:
+def _place_portable(
+    *, deployment: Deployment, ordinal: int, pool_ids: list[int] | None = None
+) -> Replica:
     n = deployment.gpus_per_replica
+    if pool_ids is None:
+        pool_ids = image_pool_ids(deployment)
     for skip_locked in (True, False):
         # SQLite has no row locks (its writers are serialized whole); the clause is a no-op.
         row = (
-            _candidates(deployment).select_for_update(skip_locked=skip_locked, of=("self",)).first()
+            _candidates(deployment, pool_ids)
+            .select_for_update(skip_locked=skip_locked, of=("self",))
+            .first()
         )
         if row is None and skip_locked:
             continue  # nothing free, or all of it locked: look again, waiting this time
@@ -187,12 +221,14 @@ def _place_portable(*, deployment: Deployment, ordinal: int) -> Replica:
                 gpus=n,
                 status=ReplicaStatus.PENDING,
             )
-    raise Unschedulable(explain_unschedulable(deployment))
+    raise Unschedulable(explain_unschedulable(deployment, pool_ids=pool_ids))
 
 
-def explain_unschedulable(deployment: Deployment) -> str:
+def explain_unschedulable(deployment: Deployment, *, pool_ids: list[int] | None = None) -> str:
     """Why no node fits, in words: "needs 2×H200 on one node; us-east has 1 free, …"."""
     n, gpu = deployment.gpus_per_replica, deployment.gpu_type
+    if pool_ids is None:
+        pool_ids = image_pool_ids(deployment)
     regions = {r.code: r for r in Region.objects.filter(code__in=deployment.regions)}
     parts = []
     for code in deployment.regions:
@@ -207,6 +243,10 @@ def explain_unschedulable(deployment: Deployment) -> str:
         usable = [p for p in pools if p.enabled and p.healthy]
         if not usable:
             parts.append(f"{code}'s {gpu.name} pool is unhealthy or disabled")
+            continue
+        usable = [p for p in usable if p.pk in pool_ids]
+        if not usable:
+            parts.append(f"{code}'s {gpu.name} pools do not run {_deployment_image(deployment)}")
             continue
         nodes = Node.objects.filter(pool__in=usable, healthy=True)
         free = [node.gpus_free for node in nodes]

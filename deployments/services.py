@@ -30,12 +30,7 @@ from django.utils import timezone
 
 from billing import services as billing
 from deployments.drivers import DriverError, DriverUnavailable, ReplicaSpec, driver_for
-from deployments.engines import (
-    model_file,
-    validate_engine_args,
-    validate_model_ref,
-    weights_progress,
-)
+from deployments.engines import model_file, weights_progress
 from deployments.models import (
     ACTIVE_REPLICA_STATUSES,
     LIVE_REPLICA_STATUSES,
@@ -51,12 +46,12 @@ from deployments.models import (
     ReplicaStatus,
 )
 from deployments.placement import Unschedulable, place_replica
+from deployments.validation import runtime_check
 from portal.models import Organization
 
 log = logging.getLogger(__name__)
 
 MAX_REPLICAS = 64
-IMAGE_RE = re.compile(r"^[a-z0-9]+([._/:@-][a-zA-Z0-9_.-]+)*$")
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
 
@@ -156,16 +151,17 @@ def deployment_create(
             )
         elif len(set(regions)) != len(regions):
             errors["regions"] = "Name each region once."
-    if image and not IMAGE_RE.match(image):
-        errors["image"] = "Use an image reference like registry.example.com/team/engine:1.2."
-    try:
-        model_ref = validate_model_ref(engine, model_ref)
-    except ValidationError as exc:
-        errors.update({k: " ".join(v) for k, v in exc.message_dict.items()})
-    try:
-        engine_args = validate_engine_args(engine_args or [])
-    except ValidationError as exc:
-        errors.update({k: " ".join(v) for k, v in exc.message_dict.items()})
+    # Flags, image and model: only what the schema, the pools and the organization allow.
+    runtime, runtime_errors = runtime_check(
+        organization=organization,
+        engine=engine,
+        image=image,
+        model_ref=model_ref,
+        engine_args=engine_args,
+        gpu_type=gpu,
+        regions=regions if "regions" not in errors else [],
+    )
+    errors.update(runtime_errors)
     desired = None
     if low is not None and high is not None and "min_replicas" not in errors:
         desired = max(low, 1) if replicas is None else replicas
@@ -185,9 +181,9 @@ def deployment_create(
         organization=organization,
         name=name,
         engine=engine,
-        image=image,
-        model_ref=model_ref,
-        engine_args=engine_args,
+        image=runtime["image"],
+        model_ref=runtime["model_ref"],
+        engine_args=runtime["engine_args"],
         gpu_type=gpu,
         gpus_per_replica=gpus,
         min_replicas=low,

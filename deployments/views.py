@@ -7,6 +7,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from deployments import selectors, services
 from deployments.access import access_deployment, access_replica
+from deployments.flags import flag_tables
 from deployments.forms import DeploymentForm, ScaleForm
 from deployments.placement import capacity_by_region_and_type
 from portal.access import require
@@ -45,7 +46,11 @@ def deployment_create(request: HttpRequest) -> HttpResponse:
         else:
             messages.success(request, f"Deployment {deployment.name} created.")
             return redirect("deployments:detail", pk=deployment.pk)
-    return render(request, "deployments/deployment_form.html", {"form": form})
+    return render(
+        request,
+        "deployments/deployment_form.html",
+        {"form": form, "flag_schemas": flag_tables()},
+    )
 
 
 def _form_errors(exc: ValidationError) -> ValidationError:

@@ -264,6 +264,17 @@ GANTRY_ENGINE_IMAGES = {
     "vllm": env.str("VLLM_IMAGE", default="vllm/vllm-openai:v0.11.0"),
     "sglang": env.str("SGLANG_IMAGE", default="lmsysorg/sglang:v0.5.3"),
 }
+# Folders staff share with every organization: tenants deploy files there as
+# shared:<path inside the folder>. Default: the folders builds may read.
+GANTRY_SHARED_MODEL_DIRS = env.list(
+    "GANTRY_SHARED_MODEL_DIRS", default=env.list("BUILDER_ALLOWED_PATHS", default=[])
+)
+# Which models and images each organization owns, as the apps above deployments know it
+# (named here, the composition root, so that deployments imports none of them).
+GANTRY_ARTIFACT_SOURCES = [
+    "marketplace.artifacts.organization_artifacts",
+    "builder.artifacts.organization_artifacts",
+]
 DOCKER_HOST = env.str("DOCKER_HOST", default="unix:///var/run/docker.sock")
 KUBECONFIG = env.str("KUBECONFIG", default="")
 RECONCILE_INTERVAL_S = env.int("RECONCILE_INTERVAL_S", default=10)

@@ -46,6 +46,7 @@ api_v1 = [
     path("regions", deployments_api.region_list, name="regions"),
     path("gpu-types", deployments_api.gpu_type_list, name="gpu-types"),
     path("capacity", deployments_api.capacity, name="capacity"),
+    path("engines", deployments_api.engine_list, name="engines"),
     path("usage", billing_api.usage, name="usage"),
     path("quotas", deployments_api.quotas, name="quotas"),
     *router.urls,

@@ -88,6 +88,9 @@ def test_missing_image_fails_the_replica_with_a_clear_reason(docker_pool, org_a,
     from deployments.services import deployment_create
 
     settings.REPLICA_MAX_FAILURES = 1
+    # An operator allowed an image that was never loaded on the host.
+    docker_pool.allowed_images = ["gantry/does-not-exist:0"]
+    docker_pool.save()
     d = deployment_create(
         organization=org_a,
         user=None,

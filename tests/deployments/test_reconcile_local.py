@@ -150,7 +150,10 @@ def test_a_replica_that_cannot_start_backs_off_then_fails_with_the_reason(
 ):
     settings.REPLICA_MAX_FAILURES = 2
     settings.REPLICA_MAX_BACKOFF_S = 1
-    d = _demo(org_a, engine_args=["--n_ctx", "not-a-number"])
+    d = _demo(org_a)
+    # An argument the engine refuses at start (no tenant can write one: the flag schema
+    # refuses it; a row from before the schema could hold one).
+    Deployment.objects.filter(pk=d.pk).update(engine_args=["--n_ctx", "not-a-number"])
     reconcile_until(d, lambda d: d.status == "failed", timeout=60, what="failed")
     assert d.failure_count == 2
     assert "replicas failed 2 times in a row" in d.status_reason
