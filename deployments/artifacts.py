@@ -25,7 +25,9 @@ from django.utils.module_loading import import_string
 from deployments.engines import DEMO_MODEL_REF, model_dirs, weights_progress
 
 IMAGE_RE = re.compile(r"^[a-z0-9]+([._/:@-][a-zA-Z0-9_.-]+)*$")
-HF_REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
+# owner/name, each starting with a letter or digit: never ".", ".." or a path an engine
+# would read from its working folder instead of fetching from the hub.
+HF_REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 SHARED_PREFIX = "shared:"
 MODEL_REFUSED = (
     "Not a model this organization may use. Choose the demo model "

@@ -171,7 +171,7 @@ LLAMACPP_0_3 = (
     ),
     _b("--cache", "Cache evaluated prompts in memory.", tunable=True),
     _c("--cache_type", ("ram",), "Where the prompt cache lives (memory only)."),
-    _i("--cache_size", 0, 64 << 30, "Prompt cache size in bytes."),
+    _i("--cache_size", 0, 8 << 30, "Prompt cache size in bytes (at most 8 GiB)."),
     _i("--last_n_tokens_size", 0, 4096, "Tokens kept for the repeat penalty."),
     _i("--seed", 0, SEED_MAX, "Random seed."),
     _c(

@@ -141,6 +141,29 @@ def test_images_that_no_pool_lists_are_refused(image, org_a, local_pool, api_cli
     _nothing_written()
 
 
+@pytest.mark.parametrize("image", ["alpine", "busybox:latest", f"alpine@{DIGEST}"])
+def test_docker_pools_refuse_unlisted_images_before_anything_is_pulled(
+    image, org_a, api_client_for, db
+):
+    # The refusal comes before any driver call: the pool needs no Docker engine to say no.
+    make_pool(
+        make_region("docker-local"),
+        "cpu-docker",
+        "cpu",
+        [("dockerhost", 2)],
+        driver="docker",
+        config={"docker_url": "unix:///nonexistent.sock"},
+    )
+    response = api_client_for(org_a).post(
+        "/api/v1/deployments",
+        {**GOOD, "regions": ["docker-local"], "image": image, "engine_args": ["--n_ctx", "256"]},
+        format="json",
+    )
+    assert response.status_code == 400, response.content
+    assert "is not an image these regions run" in response.json()["image"][0]
+    _nothing_written()
+
+
 def test_another_organizations_build_image_is_refused_even_by_digest(
     org_a, org_b, local_pool, api_client_for
 ):
@@ -238,6 +261,28 @@ def test_model_refs_outside_what_the_org_may_use_get_one_answer(
         len(model_ref) > 255 and "model_ref" in response.json()
     )
     _nothing_written()
+
+
+@pytest.mark.parametrize(
+    "model_ref", ["/etc", "../x", "a/..", "a/.", "./x", "/srv/models/cache/x", "a/b/c", "build:1"]
+)
+def test_vllm_model_refs_are_hub_repos_or_the_orgs_own(
+    model_ref, org_a, local_pool, api_client_for
+):
+    response = api_client_for(org_a).post(
+        "/api/v1/deployments",
+        {**GOOD, "engine": "vllm", "model_ref": model_ref},
+        format="json",
+    )
+    assert response.status_code == 400, response.content
+    assert response.json() == {"model_ref": [MODEL_REFUSED]}
+    _nothing_written()
+    hub = api_client_for(org_a).post(
+        "/api/v1/deployments",
+        {**GOOD, "engine": "vllm", "model_ref": "Qwen/Qwen2.5-7B-Instruct"},
+        format="json",
+    )
+    assert hub.status_code == 201, hub.content
 
 
 def test_another_organizations_weights_are_refused_like_a_missing_file(
