@@ -98,8 +98,9 @@ def validate_options(engine: str, options, version: str = "") -> dict:
     allowed = schema.by_key() if schema else {}
     clean = {}
     for name, value in options.items():
-        flag, _implied = schema.lookup(str(name)) if schema else (None, None)
-        if flag is None or str(name).startswith("-") or flag.key in clean:
+        flag, implied = schema.lookup(str(name)) if schema else (None, None)
+        # Options are named by key with a typed value: no "--" spellings, no "no_" forms.
+        if flag is None or implied is not None or str(name).startswith("-") or flag.key in clean:
             raise ValidationError(
                 {
                     "options": (

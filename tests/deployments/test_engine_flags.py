@@ -171,6 +171,9 @@ def test_the_builder_options_are_the_same_schema():
     for bad in ({"host": "0.0.0.0"}, {"trust_remote_code": True}, {"--n_threads": 2}):
         with pytest.raises(ValidationError, match="not an option of"):
             specs.validate_options("llama.cpp", bad)
+    for bad in ({"no_enable_prefix_caching": True}, {"max_num_seqs": 8, "max-num-seqs": 8}):
+        with pytest.raises(ValidationError, match="not an option of"):
+            specs.validate_options("vllm", bad)
     with pytest.raises(ValidationError, match="n_threads must be from 1 to 256"):
         specs.validate_options("llama.cpp", {"n_threads": True})
 
