@@ -30,7 +30,8 @@ INVITATION_SALT = "gantry.invitation"
 
 
 def _free_slug(base: str) -> str:
-    base = (slugify(base)[:34].strip("-") or "org").lower()
+    # slugify keeps underscores, which slugs here do not allow; runs of them become one dash.
+    base = re.sub(r"[^a-z0-9]+", "-", slugify(base).lower())[:34].strip("-") or "org"
     slug, n = base, 1
     while Organization.objects.filter(slug=slug).exists():
         n += 1

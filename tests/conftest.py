@@ -57,6 +57,15 @@ def _fast_password_hashing(settings):
 
 
 @pytest.fixture(autouse=True)
+def _fresh_cache():
+    # Throttle counters (API rates) live in the cache; one test's must not count
+    # against the next.
+    from django.core.cache import cache
+
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
 def _reference_data(request):
     """Reference rows a data migration provides (flushed by transactional tests)."""
     if request.node.get_closest_marker("django_db") or {"db", "transactional_db"} & set(
