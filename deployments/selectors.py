@@ -80,9 +80,10 @@ def quota_usage(*, org: Organization) -> list[dict]:
     """Each limit of the organization's quota next to what it uses."""
     from datetime import UTC, datetime
 
-    from billing.models import Quota, UsageRecord
+    from billing.models import UsageRecord
+    from billing.plans import quota_get_or_create
 
-    quota, _ = Quota.objects.get_or_create(organization=org)
+    quota = quota_get_or_create(org)
     live = Deployment.objects.filter(organization=org, deleted_at__isnull=True)
     rows = [
         {

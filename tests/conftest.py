@@ -58,7 +58,7 @@ def _fast_password_hashing(settings):
 
 @pytest.fixture(autouse=True)
 def _fresh_cache():
-    # Throttle counters (API rates) live in the cache; one test's must not count
+    # Throttle counters (sign-up, API rates) live in the cache; one test's must not count
     # against the next.
     from django.core.cache import cache
 
@@ -71,11 +71,13 @@ def _reference_data(request):
     if request.node.get_closest_marker("django_db") or {"db", "transactional_db"} & set(
         request.fixturenames
     ):
+        from billing.plans import ensure_default_plan
         from deployments.gpu_types import ensure_gpu_types
 
         request.getfixturevalue("django_db_blocker")
         with request.getfixturevalue("django_db_blocker").unblock():
             ensure_gpu_types()
+            ensure_default_plan()
 
 
 @pytest.fixture
