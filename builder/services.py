@@ -240,6 +240,19 @@ def source_inspect(
     return facts, resolved, upload
 
 
+def build_name_check(*, organization, name: str) -> str:
+    """The normalised name, or a field error: checked before inspecting, which calls the hub."""
+    name = (name or "").strip().lower()
+    if not NAME_RE.match(name):
+        raise ValidationError({"name": "Use 1–60 lowercase letters, digits or hyphens."})
+    if (
+        CatalogModel.objects.filter(organization=organization, slug=name).exists()
+        or Build.objects.filter(organization=organization, name=name).exists()
+    ):
+        raise ValidationError({"name": f"{organization.slug} already has a model {name!r}."})
+    return name
+
+
 def build_create(
     *,
     organization,
@@ -254,14 +267,7 @@ def build_create(
     inspected: tuple | None = None,
 ) -> Build:
     """Steps 1 and 2: take the source, inspect it (unless already done), keep the draft."""
-    name = (name or "").strip().lower()
-    if not NAME_RE.match(name):
-        raise ValidationError({"name": "Use 1–60 lowercase letters, digits or hyphens."})
-    if (
-        CatalogModel.objects.filter(organization=organization, slug=name).exists()
-        or Build.objects.filter(organization=organization, name=name).exists()
-    ):
-        raise ValidationError({"name": f"{organization.slug} already has a model {name!r}."})
+    name = build_name_check(organization=organization, name=name)
     facts, resolved, upload = inspected or source_inspect(
         organization=organization,
         source_kind=source_kind,

@@ -4,7 +4,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
-from builder import services, specs
+from builder import services, specs, submit
 from builder.access import access_build
 from builder.inspection import ModelFacts
 from builder.models import Build, WeightsCache
@@ -45,7 +45,7 @@ def build_new(request: HttpRequest) -> HttpResponse:
                     user=request.user,
                     files=request.FILES.getlist("files"),
                 ).pk
-            build = services.build_create(
+            build = submit.build_submit(
                 organization=request.org,
                 user=request.user,
                 name=data.get("name", ""),
