@@ -4,7 +4,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import parsers, serializers, status, viewsets
 from rest_framework.response import Response
 
-from builder import services, submit
+from builder import selectors, services, submit
 from builder.access import access_build
 from builder.models import Build, Upload, WeightsCache
 from portal.access import require
@@ -95,7 +95,7 @@ class BuildViewSet(viewsets.GenericViewSet):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return Build.objects.none()
-        return Build.objects.filter(organization=self.request.org).select_related("catalog_model")
+        return selectors.build_list(org=self.request.org)
 
     def list(self, request):
         require(request.membership, "builds.view")
@@ -136,7 +136,7 @@ class UploadViewSet(viewsets.GenericViewSet):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return Upload.objects.none()
-        return Upload.objects.filter(organization=self.request.org)
+        return selectors.upload_list(org=self.request.org)
 
     @extend_schema(
         request={

@@ -4,7 +4,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
-from builder import services, specs, submit
+from builder import selectors, services, specs, submit
 from builder.access import access_build
 from builder.inspection import ModelFacts
 from builder.models import Build, WeightsCache
@@ -16,7 +16,7 @@ from portal.views import org_required
 @org_required
 def build_list(request: HttpRequest) -> HttpResponse:
     require(request.membership, "builds.view")
-    builds = Build.objects.filter(organization=request.org).select_related("catalog_model")
+    builds = selectors.build_list(org=request.org)
     return render(
         request,
         "builder/build_list.html",
