@@ -4,7 +4,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import parsers, serializers, status, viewsets
 from rest_framework.response import Response
 
-from builder import selectors, services, submit
+from builder import selectors, services, submit, weights
 from builder.access import access_build
 from builder.models import Build, Upload, WeightsCache
 from portal.access import require
@@ -52,7 +52,7 @@ class BuildOut(serializers.ModelSerializer):
         return b.catalog_model.slug if b.catalog_model_id else None
 
     def get_weights(self, b) -> dict | None:
-        cache = WeightsCache.objects.filter(key=services._cache_key(b)).first()
+        cache = WeightsCache.objects.filter(key=weights.cache_key(b)).first()
         if cache is None:
             return None
         return {

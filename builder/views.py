@@ -4,7 +4,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
-from builder import selectors, services, specs, submit
+from builder import selectors, services, specs, submit, weights
 from builder.access import access_build
 from builder.inspection import ModelFacts
 from builder.models import Build, WeightsCache
@@ -75,7 +75,7 @@ def _detail_context(request, build: Build, errors=None) -> dict:
     facts = ModelFacts(
         **{k: v for k, v in build.facts.items() if k in ModelFacts.__dataclass_fields__}
     )
-    cache = WeightsCache.objects.filter(key=services._cache_key(build)).first()
+    cache = WeightsCache.objects.filter(key=weights.cache_key(build)).first()
     return {
         "build": build,
         "facts": build.facts,

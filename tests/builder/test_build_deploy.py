@@ -4,7 +4,7 @@ by its id. (The full path, with a real image build, is in test_build_e2e.)"""
 import pytest
 from django.utils import timezone
 
-from builder import services
+from builder import images, weights
 from builder.models import Build, BuildStatus
 from deployments.models import Deployment
 from tests.builder.conftest import gguf_build
@@ -15,9 +15,9 @@ def finished_build(org, gguf, name: str) -> Build:
     its catalog entry registered and linked, the status succeeded. (The image is the engine
     image; building a real one is test_build_e2e's job.)"""
     build = gguf_build(org, gguf, name)
-    cache = services.weights_cache_for(build)
-    services.weights_prefetch(cache_id=cache.pk, build_id=build.pk)
-    model = services.register_catalog_entry(build=build, image="gantry/llamacpp:0.3.36")
+    cache = weights.weights_cache_for(build)
+    weights.weights_prefetch(cache_id=cache.pk, build_id=build.pk)
+    model = images.register_catalog_entry(build=build, image="gantry/llamacpp:0.3.36")
     Build.objects.filter(pk=build.pk).update(
         status=BuildStatus.SUCCEEDED,
         phase="done",

@@ -7,8 +7,8 @@ import urllib.request
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
+from builder.images import build_run
 from builder.models import Build, WeightsCache
-from builder.services import build_run
 from deployments.models import Deployment, Node
 from tests.builder.conftest import gguf_build
 from tests.conftest import need, port_open

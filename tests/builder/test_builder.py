@@ -4,7 +4,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from builder import services
+from builder import services, weights
 from builder.models import Build, Upload
 from builder.specs import render_dockerfile, spec_document
 from tests.builder.conftest import LLAMA_CONFIG, gguf_build, safetensors_bytes
@@ -253,9 +253,9 @@ def test_a_fetched_file_whose_hash_does_not_match_is_refused(hub, org_a, demo_gg
     good_etag = __import__("hashlib").sha256(original).hexdigest()
     hub.files["acme/tampered"]["t.gguf"] = original[:-4] + b"XXXX"
     hub.fixed_etags = {"t.gguf": good_etag}
-    cache = services.weights_cache_for(build)
+    cache = weights.weights_cache_for(build)
     with pytest.raises(Exception, match="SHA-256 does not match"):
-        services.weights_prefetch(cache_id=cache.pk, build_id=build.pk)
+        weights.weights_prefetch(cache_id=cache.pk, build_id=build.pk)
     cache.refresh_from_db()
     assert cache.status == WeightsCache.Status.FAILED
 
