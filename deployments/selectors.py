@@ -78,9 +78,8 @@ def org_gpu_usage(*, org: Organization) -> dict:
 
 def quota_usage(*, org: Organization) -> list[dict]:
     """Each limit of the organization's quota next to what it uses."""
-    from datetime import UTC, datetime
-
-    from billing.models import Quota, UsageRecord
+    from billing.models import Quota
+    from billing.services import month_spend_cents
 
     quota, _ = Quota.objects.get_or_create(organization=org)
     live = Deployment.objects.filter(organization=org, deleted_at__isnull=True)
@@ -120,21 +119,13 @@ def quota_usage(*, org: Organization) -> list[dict]:
                 "used": used,
             }
         )
-    now = datetime.now(UTC)
-    month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    micros = (
-        UsageRecord.objects.filter(organization=org, window_start__gte=month).aggregate(
-            m=Sum("amount_micros")
-        )["m"]
-        or 0
-    )
     rows.append(
         {
             "name": "monthly_spend_cents",
             "region": "",
             "gpu_type": "",
             "limit": quota.monthly_spend_limit_cents,
-            "used": round(micros / 10_000),
+            "used": month_spend_cents(org),
         }
     )
     return rows

@@ -1,0 +1,124 @@
+"""The usage read path: sums of the ledger between two instants, per deployment and kind
+(the usage API and page) or per UTC day (the chart).
+
+Three queries whatever the size of the ledger or of the range: the daily totals
+(UsageDay, kept exact by usage_ingest) for every whole day, and the ledger rows only for
+the parts of the one or two days the range cuts. A cut day is read the cheaper way: its
+covered part added from the ledger, or its whole total minus the uncovered part — so a
+range ending now (the common case) reads almost no rows.
+"""
+
+from datetime import UTC, date, datetime, time, timedelta
+
+from django.db.models import Q, Sum
+from django.db.models.functions import TruncDate
+
+from billing.models import UsageDay, UsageRecord
+from portal.models import Organization
+
+DAY = timedelta(days=1)
+Key = tuple[date, str, str]  # (UTC day, deployment name, kind)
+
+
+def _midnight(d: date) -> datetime:
+    return datetime.combine(d, time(), tzinfo=UTC)
+
+
+def _plan(start: datetime, end: datetime):
+    """Which days come from the daily totals, and which ledger ranges are added to or
+    subtracted from them, for [start, end)."""
+    first, last = start.date(), (end - timedelta(microseconds=1)).date()
+    whole_from, whole_to = first, last  # inclusive, adjusted for the cut days below
+    add: list[tuple[datetime, datetime]] = []
+    subtract: list[tuple[datetime, datetime]] = []
+    for day in {first, last}:
+        lo, hi = max(start, _midnight(day)), min(end, _midnight(day) + DAY)
+        if hi - lo == DAY:
+            continue  # not cut
+        if (hi - lo) <= DAY / 2:
+            add.append((lo, hi))
+            if day == first:
+                whole_from = day + DAY
+            if day == last:
+                whole_to = day - DAY
+        else:  # the day's total minus the parts outside the range
+            subtract += [
+                r for r in ((_midnight(day), lo), (hi, _midnight(day) + DAY)) if r[0] < r[1]
+            ]
+    return whole_from, whole_to, add, subtract
+
+
+def _ledger(organization: Organization, ranges: list[tuple[datetime, datetime]]):
+    if not ranges:
+        return []
+    within = Q()
+    for lo, hi in ranges:
+        within |= Q(window_start__gte=lo, window_start__lt=hi)
+    return (
+        UsageRecord.objects.filter(within, organization=organization)
+        .annotate(day=TruncDate("window_start", tzinfo=UTC))
+        .values("day", "deployment_name", "kind")
+        .annotate(quantity=Sum("quantity"), micros=Sum("amount_micros"))
+        .order_by()
+    )
+
+
+def usage_sums(
+    *, organization: Organization, start: datetime, end: datetime
+) -> dict[Key, tuple[int, int]]:
+    """{(day, deployment, kind): (quantity, micro-dollars)} of the rows in [start, end)."""
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
+    if end <= start:
+        return {}
+    whole_from, whole_to, add, subtract = _plan(start, end)
+    totals: dict[Key, list[int]] = {}
+
+    def put(rows, sign: int) -> None:
+        for r in rows:
+            t = totals.setdefault((r["day"], r["deployment_name"], r["kind"]), [0, 0])
+            t[0] += sign * r["quantity"]
+            t[1] += sign * r["micros"]
+
+    # Days read as their total minus what lies outside the range are within these bounds.
+    put(
+        UsageDay.objects.filter(organization=organization, day__gte=whole_from, day__lte=whole_to)
+        .values("day", "deployment_name", "kind")
+        .annotate(quantity=Sum("quantity"), micros=Sum("amount_micros"))
+        .order_by(),
+        1,
+    )
+    put(_ledger(organization, add), 1)
+    put(_ledger(organization, subtract), -1)
+    return {k: (q, m) for k, (q, m) in totals.items() if q or m}
+
+
+def usage_lines(*, organization: Organization, start: datetime, end: datetime) -> list[dict]:
+    """Per deployment and kind, as the usage API and page show them."""
+    lines: dict[tuple[str, str], list[int]] = {}
+    for (_day, name, kind), (quantity, micros) in usage_sums(
+        organization=organization, start=start, end=end
+    ).items():
+        line = lines.setdefault((name, kind), [0, 0])
+        line[0] += quantity
+        line[1] += micros
+    return [
+        {"deployment": name, "kind": kind, "quantity": q, "amount": _dollars(m)}
+        for (name, kind), (q, m) in sorted(lines.items())
+    ]
+
+
+def usage_by_day(*, organization: Organization, start: datetime, end: datetime) -> dict:
+    """{"YYYY-MM-DD": {kind: quantity}} per UTC day."""
+    days: dict[str, dict[str, int]] = {}
+    for (day, _name, kind), (quantity, _micros) in sorted(
+        usage_sums(organization=organization, start=start, end=end).items()
+    ):
+        per_kind = days.setdefault(day.isoformat(), {})
+        per_kind[kind] = per_kind.get(kind, 0) + quantity
+    return days
+
+
+def _dollars(micros: int) -> str:
+    """Micro-dollars as an exact decimal string, e.g. -1500 → "-0.001500"."""
+    whole, frac = divmod(abs(micros), 1_000_000)
+    return f"{'-' if micros < 0 else ''}{whole}.{frac:06d}"
