@@ -1,16 +1,16 @@
 """The usage read path: sums of the ledger between two instants, per deployment and kind
 (the usage API and page) or per UTC day (the chart).
 
-Three queries whatever the size of the ledger or of the range: the daily totals
-(UsageDay, kept exact by usage_ingest) for every whole day, and the ledger rows only for
-the parts of the one or two days the range cuts. A cut day is read the cheaper way: its
+One query whatever the size of the ledger or of the range: the daily totals (UsageDay,
+kept exact by usage_ingest) for every whole day, and the ledger rows only for the parts
+of the one or two days the range cuts. A cut day is read the cheaper way: its
 covered part added from the ledger, or its whole total minus the uncovered part — so a
 range ending now (the common case) reads almost no rows.
 """
 
 from datetime import UTC, date, datetime, time, timedelta
 
-from django.db.models import Q, Sum
+from django.db.models import Case, F, Q, Sum, Value, When
 from django.db.models.functions import TruncDate
 
 from billing.models import UsageDay, UsageRecord
@@ -48,47 +48,47 @@ def _plan(start: datetime, end: datetime):
     return whole_from, whole_to, add, subtract
 
 
-def _ledger(organization: Organization, ranges: list[tuple[datetime, datetime]]):
-    if not ranges:
-        return []
-    within = Q()
+def _within(ranges: list[tuple[datetime, datetime]]) -> Q:
+    q = Q()
     for lo, hi in ranges:
-        within |= Q(window_start__gte=lo, window_start__lt=hi)
-    return (
-        UsageRecord.objects.filter(within, organization=organization)
-        .annotate(day=TruncDate("window_start", tzinfo=UTC))
-        .values("day", "deployment_name", "kind")
-        .annotate(quantity=Sum("quantity"), micros=Sum("amount_micros"))
-        .order_by()
-    )
+        q |= Q(window_start__gte=lo, window_start__lt=hi)
+    return q
 
 
 def usage_sums(
     *, organization: Organization, start: datetime, end: datetime
 ) -> dict[Key, tuple[int, int]]:
-    """{(day, deployment, kind): (quantity, micro-dollars)} of the rows in [start, end)."""
+    """{(day, deployment, kind): (quantity, micro-dollars)} of the rows in [start, end),
+    in one query: the daily totals of the range's days, UNION ALL the ledger rows of the
+    cut days (negated where they lie outside the range)."""
     start, end = start.astimezone(UTC), end.astimezone(UTC)
     if end <= start:
         return {}
     whole_from, whole_to, add, subtract = _plan(start, end)
-    totals: dict[Key, list[int]] = {}
-
-    def put(rows, sign: int) -> None:
-        for r in rows:
-            t = totals.setdefault((r["day"], r["deployment_name"], r["kind"]), [0, 0])
-            t[0] += sign * r["quantity"]
-            t[1] += sign * r["micros"]
-
     # Days read as their total minus what lies outside the range are within these bounds.
-    put(
+    query = (
         UsageDay.objects.filter(organization=organization, day__gte=whole_from, day__lte=whole_to)
         .values("day", "deployment_name", "kind")
-        .annotate(quantity=Sum("quantity"), micros=Sum("amount_micros"))
-        .order_by(),
-        1,
+        .annotate(q=Sum("quantity"), m=Sum("amount_micros"))
+        .order_by()
     )
-    put(_ledger(organization, add), 1)
-    put(_ledger(organization, subtract), -1)
+    if add or subtract:
+        sign = Value(1)
+        if subtract:
+            sign = Case(When(_within(subtract), then=Value(-1)), default=Value(1))
+        cut = (
+            UsageRecord.objects.filter(_within(add + subtract), organization=organization)
+            .annotate(day=TruncDate("window_start", tzinfo=UTC))
+            .values("day", "deployment_name", "kind")
+            .annotate(q=Sum(F("quantity") * sign), m=Sum(F("amount_micros") * sign))
+            .order_by()
+        )
+        query = query.union(cut, all=True)
+    totals: dict[Key, list[int]] = {}
+    for r in query:
+        t = totals.setdefault((r["day"], r["deployment_name"], r["kind"]), [0, 0])
+        t[0] += r["q"]
+        t[1] += r["m"]
     return {k: (q, m) for k, (q, m) in totals.items() if q or m}
 
 

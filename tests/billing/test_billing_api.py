@@ -16,8 +16,8 @@ from tests.conftest import owner_of
 
 # Baselines: the usage API and the usage page read the ledger with a fixed number of
 # queries (aggregates), however many rows it holds.
-API_MAX_QUERIES = 5
-PAGE_MAX_QUERIES = 17
+API_MAX_QUERIES = 3
+PAGE_MAX_QUERIES = 14
 
 
 @pytest.fixture(autouse=True)
