@@ -17,7 +17,6 @@ from billing.models import UsageDay, UsageRecord
 from portal.models import Organization
 
 DAY = timedelta(days=1)
-Key = tuple[date, str, str]  # (UTC day, deployment name, kind)
 
 
 def _midnight(d: date) -> datetime:
@@ -56,11 +55,15 @@ def _within(ranges: list[tuple[datetime, datetime]]) -> Q:
 
 
 def usage_sums(
-    *, organization: Organization, start: datetime, end: datetime
-) -> dict[Key, tuple[int, int]]:
-    """{(day, deployment, kind): (quantity, micro-dollars)} of the rows in [start, end),
-    in one query: the daily totals of the range's days, UNION ALL the ledger rows of the
-    cut days (negated where they lie outside the range)."""
+    *,
+    organization: Organization,
+    start: datetime,
+    end: datetime,
+    by: tuple[str, ...] = ("day", "deployment_name", "kind"),
+) -> dict[tuple, tuple[int, int]]:
+    """{values of `by`: (quantity, micro-dollars)} of the rows in [start, end), summed by
+    the database in one query: the daily totals of the range's days, UNION ALL the ledger
+    rows of the cut days (negated where they lie outside the range)."""
     start, end = start.astimezone(UTC), end.astimezone(UTC)
     if end <= start:
         return {}
@@ -68,7 +71,7 @@ def usage_sums(
     # Days read as their total minus what lies outside the range are within these bounds.
     query = (
         UsageDay.objects.filter(organization=organization, day__gte=whole_from, day__lte=whole_to)
-        .values("day", "deployment_name", "kind")
+        .values(*by)
         .annotate(q=Sum("quantity"), m=Sum("amount_micros"))
         .order_by()
     )
@@ -79,14 +82,14 @@ def usage_sums(
         cut = (
             UsageRecord.objects.filter(_within(add + subtract), organization=organization)
             .annotate(day=TruncDate("window_start", tzinfo=UTC))
-            .values("day", "deployment_name", "kind")
+            .values(*by)
             .annotate(q=Sum(F("quantity") * sign), m=Sum(F("amount_micros") * sign))
             .order_by()
         )
         query = query.union(cut, all=True)
-    totals: dict[Key, list[int]] = {}
-    for r in query:
-        t = totals.setdefault((r["day"], r["deployment_name"], r["kind"]), [0, 0])
+    totals: dict[tuple, list[int]] = {}
+    for r in query:  # at most two rows per group: the totals' and the cut days'
+        t = totals.setdefault(tuple(r[f] for f in by), [0, 0])
         t[0] += r["q"]
         t[1] += r["m"]
     return {k: (q, m) for k, (q, m) in totals.items() if q or m}
@@ -94,27 +97,21 @@ def usage_sums(
 
 def usage_lines(*, organization: Organization, start: datetime, end: datetime) -> list[dict]:
     """Per deployment and kind, as the usage API and page show them."""
-    lines: dict[tuple[str, str], list[int]] = {}
-    for (_day, name, kind), (quantity, micros) in usage_sums(
-        organization=organization, start=start, end=end
-    ).items():
-        line = lines.setdefault((name, kind), [0, 0])
-        line[0] += quantity
-        line[1] += micros
+    sums = usage_sums(
+        organization=organization, start=start, end=end, by=("deployment_name", "kind")
+    )
     return [
         {"deployment": name, "kind": kind, "quantity": q, "amount": _dollars(m)}
-        for (name, kind), (q, m) in sorted(lines.items())
+        for (name, kind), (q, m) in sorted(sums.items())
     ]
 
 
 def usage_by_day(*, organization: Organization, start: datetime, end: datetime) -> dict:
     """{"YYYY-MM-DD": {kind: quantity}} per UTC day."""
     days: dict[str, dict[str, int]] = {}
-    for (day, _name, kind), (quantity, _micros) in sorted(
-        usage_sums(organization=organization, start=start, end=end).items()
-    ):
-        per_kind = days.setdefault(day.isoformat(), {})
-        per_kind[kind] = per_kind.get(kind, 0) + quantity
+    sums = usage_sums(organization=organization, start=start, end=end, by=("day", "kind"))
+    for (day, kind), (quantity, _micros) in sorted(sums.items()):
+        days.setdefault(day.isoformat(), {})[kind] = quantity
     return days
 
 
