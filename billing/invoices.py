@@ -13,7 +13,7 @@ Invariants:
   next version, which takes over the rows of the voided one.
 """
 
-from datetime import UTC, date, datetime
+from datetime import date
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from billing import stripe_sync
 from billing.models import Invoice, InvoiceLine, UsageRecord
-from billing.services import MICROS_PER_CENT, month_start, next_month
+from billing.selectors import MICROS_PER_CENT, month_bounds, month_start
 from billing.tasks import push_invoice
 from portal.models import Organization
 
@@ -33,16 +33,6 @@ def micros_to_cents(micros: int) -> int:
     cents, rest = divmod(abs(micros), MICROS_PER_CENT)
     cents += 2 * rest >= MICROS_PER_CENT
     return cents if micros >= 0 else -cents
-
-
-def period_bounds(period_start: date) -> tuple[datetime, datetime]:
-    """[start, end) of the invoiced month in UTC."""
-    first = month_start(period_start)
-    after = next_month(first)
-    return (
-        datetime(first.year, first.month, 1, tzinfo=UTC),
-        datetime(after.year, after.month, 1, tzinfo=UTC),
-    )
 
 
 def _live_invoice(organization: Organization, period_start: date) -> Invoice:
@@ -70,7 +60,7 @@ def invoice_close(*, organization: Organization, period_start: date) -> Invoice:
     before that it is an open preview, recomputed on every call. Closing again returns
     the closed invoice unchanged."""
     period_start = month_start(period_start)
-    start, end = period_bounds(period_start)
+    start, end = month_bounds(period_start)
     invoice = _live_invoice(organization, period_start)
     if invoice.status == Invoice.Status.CLOSED:
         return invoice
@@ -137,7 +127,7 @@ def invoice_reissue(*, invoice_id: int) -> Invoice:
 def invoices_close_month(*, period_start: date) -> int:
     """Close the month's invoice of every organization with unclaimed usage up to the end
     of that month (its own usage, or late usage of earlier months)."""
-    _, end = period_bounds(period_start)
+    _, end = month_bounds(period_start)
     org_ids = (
         UsageRecord.objects.filter(window_start__lt=end, invoice__isnull=True)
         .values_list("organization_id", flat=True)

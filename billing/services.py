@@ -5,29 +5,35 @@ deployment id and name, region and GPU-type codes — and call these functions; 
 never imports them.
 """
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import F, Sum
+from django.db.models import F
 from django.utils import timezone
 
 from billing.models import (
     BillingAccount,
     Credit,
     GpuQuota,
-    GpuRate,
     Quota,
     TokenRate,
     UsageDay,
     UsageKind,
     UsageRecord,
 )
-from billing.usage import usage_by_day, usage_lines  # noqa: F401 - their callers import them from here
+from billing.selectors import (
+    MICROS_PER_CENT,
+    gpu_hour_cents,
+    month_spend_cents,
+)
+from billing.selectors import month_start as month_start  # re-exported for older callers
+from billing.selectors import next_month as next_month  # re-exported for older callers
+from billing.usage import usage_by_day as usage_by_day  # re-exported: the usage page calls it
+from billing.usage import usage_lines as usage_lines  # re-exported: the usage page calls it
 from portal.models import Organization
 
 WINDOW = timedelta(minutes=1)
-MICROS_PER_CENT = 10_000
 
 
 # --- Quotas ---------------------------------------------------------------------------
@@ -43,19 +49,6 @@ def quota_lock(organization: Organization) -> Quota:
 def account_for(organization: Organization) -> BillingAccount:
     account, _ = BillingAccount.objects.get_or_create(organization=organization)
     return account
-
-
-def month_spend_cents(organization: Organization, at: datetime | None = None) -> int:
-    at = at or timezone.now()
-    start = at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    # The daily totals equal the ledger's rows of those days (usage_ingest keeps them so).
-    micros = (
-        UsageDay.objects.filter(organization=organization, day__gte=start.date()).aggregate(
-            m=Sum("amount_micros")
-        )["m"]
-        or 0
-    )
-    return round(micros / MICROS_PER_CENT)
 
 
 def capacity_allowed(organization: Organization, quota: Quota) -> None:
@@ -146,8 +139,8 @@ def regions_within_quota(
 
 
 def gpu_rate_cents(gpu_type: str, at: datetime) -> int:
-    rate = GpuRate.objects.filter(gpu_type=gpu_type, effective_from__lte=at).first()
-    return rate.cents_per_hour if rate else 0
+    """The rate the ledger charges for a GPU-hour at `at`: the one price (see selectors)."""
+    return gpu_hour_cents(gpu_type, at)
 
 
 def token_rates_cents(model: str, at: datetime) -> tuple[int, int]:
@@ -410,14 +403,3 @@ def credit_issue(
         ]
     )
     return credit
-
-
-# --- Months ---------------------------------------------------------------------------
-
-
-def month_start(d: date | datetime) -> date:
-    return date(d.year, d.month, 1)
-
-
-def next_month(d: date) -> date:
-    return date(d.year + (d.month == 12), d.month % 12 + 1, 1)

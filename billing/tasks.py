@@ -25,7 +25,7 @@ def close_last_month() -> int:
     from django.utils import timezone
 
     from billing.invoices import invoices_close_month
-    from billing.services import month_start
+    from billing.selectors import month_start
 
     last = month_start(timezone.now()) - timedelta(days=1)
     return invoices_close_month(period_start=month_start(last))
