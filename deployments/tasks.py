@@ -58,13 +58,6 @@ def enforce_spend_limits() -> int:
 
 
 @shared_task(acks_late=True)
-def refresh_gpu_prices() -> int:
-    from deployments.services import gpu_prices_refresh
-
-    return gpu_prices_refresh()
-
-
-@shared_task(acks_late=True)
 def autoscale_deployments() -> int:
     from deployments.services import autoscale
 
