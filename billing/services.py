@@ -24,6 +24,7 @@ from billing.models import (
     UsageKind,
     UsageRecord,
 )
+from billing.plans import quota_get_or_create
 from billing.selectors import (
     MICROS_PER_CENT,
     gpu_hour_cents,
@@ -43,7 +44,7 @@ WINDOW = timedelta(minutes=1)
 def quota_lock(organization: Organization) -> Quota:
     """The organization's quota row, locked until the caller's transaction ends. Every
     capacity decision of the organization takes it first, so they happen one at a time."""
-    Quota.objects.get_or_create(organization=organization)
+    quota_get_or_create(organization)
     return Quota.objects.select_for_update().get(organization=organization)
 
 
@@ -79,7 +80,7 @@ def capacity_allowed(organization: Organization, quota: Quota) -> None:
 
 
 def spend_status(organization: Organization) -> dict:
-    quota, _ = Quota.objects.get_or_create(organization=organization)
+    quota = quota_get_or_create(organization)
     spent = month_spend_cents(organization)
     limit = quota.monthly_spend_limit_cents
     percent = round(100 * spent / limit) if limit else None

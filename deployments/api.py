@@ -11,6 +11,7 @@ from deployments.access import access_deployment, access_replica
 from deployments.models import Deployment, DeploymentEvent, GpuType, Replica
 from deployments.placement import capacity_by_region_and_type
 from portal.access import require
+from portal.converters import ID_PATTERN
 
 # --- Output ---------------------------------------------------------------------------
 
@@ -262,7 +263,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         parameters=[OpenApiParameter("tail", int, description="lines (default 200)")],
         responses=ReplicaLogOut,
     )
-    @action(detail=True, methods=["get"], url_path=r"replicas/(?P<replica_id>\d+)/logs")
+    @action(detail=True, methods=["get"], url_path=rf"replicas/(?P<replica_id>{ID_PATTERN})/logs")
     def logs(self, request, pk=None, replica_id=None):
         require(request.membership, "deployments.view")
         replica = access_replica(request.org, pk, replica_id)

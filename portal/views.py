@@ -28,6 +28,7 @@ from portal.forms import (
 )
 from portal.middleware import SESSION_KEY
 from portal.roles import can
+from portal.throttles import SignupThrottle
 
 
 def org_required(view):
@@ -62,22 +63,42 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 def signup(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
         return redirect("portal:dashboard")
+    token = request.GET.get("invite", "")
     form = SignupForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        try:
-            user = services.user_signup(**form.cleaned_data)
-        except ValidationError as exc:
-            apply_errors(form, exc)
+    refused = None
+    try:
+        services.signup_invitation(token)
+    except ValidationError as exc:
+        refused = " ".join(exc.messages)
+    status = 403 if refused else 200
+    if request.method == "POST" and refused is None:
+        throttle = SignupThrottle()
+        if not throttle.allow_request(request, None):
+            wait = int(throttle.wait() or 0) + 1
+            form.add_error(None, f"Too many sign-ups from your address; try again in {wait} s.")
+            response = render(request, "registration/signup.html", {"form": form}, status=429)
+            response["Retry-After"] = str(wait)
+            return response
+        if form.is_valid():
+            try:
+                user = services.user_signup(invitation_token=token, **form.cleaned_data)
+            except ValidationError as exc:
+                apply_errors(form, exc)
+                status = 400
+            else:
+                login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+                messages.success(request, f"Welcome, {user.username}. Your organization is ready.")
+                target = request.GET.get("next", "")
+                return redirect(
+                    target
+                    if target.startswith("/") and not target.startswith("//")
+                    else "portal:dashboard"
+                )
         else:
-            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-            messages.success(request, f"Welcome, {user.username}. Your organization is ready.")
-            target = request.GET.get("next", "")
-            return redirect(
-                target
-                if target.startswith("/") and not target.startswith("//")
-                else "portal:dashboard"
-            )
-    return render(request, "registration/signup.html", {"form": form})
+            status = 400
+    return render(
+        request, "registration/signup.html", {"form": form, "refused": refused}, status=status
+    )
 
 
 @login_required
@@ -93,7 +114,8 @@ def organization_list(request: HttpRequest) -> HttpResponse:
             request.session[SESSION_KEY] = org.pk
             messages.success(request, f"Created {org.name}; you are its owner.")
             return redirect("portal:dashboard")
-    return render(request, "portal/organization_list.html", {"form": form})
+    status = 400 if form.errors else 200
+    return render(request, "portal/organization_list.html", {"form": form}, status=status)
 
 
 @login_required
@@ -278,6 +300,6 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
     return render(
         request,
         "portal/invitation_accept.html",
-        {"invitation": invitation, "error": error},
+        {"invitation": invitation, "error": error, "token": token},
         status=status,
     )
