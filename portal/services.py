@@ -226,27 +226,39 @@ def invitation_create(*, actor: Membership, email: str, role: str = Role.MEMBER)
 
 
 def invitation_send(*, invitation_id: int) -> bool:
-    """Email the invitation link. Idempotent: an invitation is mailed at most once."""
-    invitation = (
-        Invitation.objects.select_related("organization", "invited_by")
-        .filter(pk=invitation_id, accepted_at=None, sent_at=None)
-        .first()
+    """Email the invitation link; True when this call sent it.
+
+    The send is claimed first, by a conditional UPDATE of `sent_at` that only one caller
+    can win, and the mail goes out only after the claim has committed: a duplicate task
+    delivery, or two workers at once, find nothing to claim and send nothing. If the mail
+    server refuses, the claim is released so the task's retry can send. So a mail goes out
+    at most once, except when the server accepted it and still reported a failure; a worker
+    killed between the claim and the send leaves it claimed and unsent (never twice)."""
+    now = timezone.now()
+    claimed = Invitation.objects.filter(pk=invitation_id, accepted_at=None, sent_at=None).update(
+        sent_at=now
     )
-    if invitation is None:
+    if not claimed:
         return False
+    invitation = Invitation.objects.select_related("organization", "invited_by").get(
+        pk=invitation_id
+    )
     context = {
         "invitation": invitation,
         "url": invitation_url(invitation),
         "days": settings.INVITATION_MAX_AGE_DAYS,
     }
-    send_mail(
-        subject=f"Join {invitation.organization.name} on Gantry",
-        message=render_to_string("portal/email/invitation.txt", context),
-        from_email=None,
-        recipient_list=[invitation.email],
-    )
-    # Claim the send with a conditional update so a duplicate task delivery is a no-op.
-    Invitation.objects.filter(pk=invitation.pk, sent_at=None).update(sent_at=timezone.now())
+    try:
+        send_mail(
+            subject=f"Join {invitation.organization.name} on Gantry",
+            message=render_to_string("portal/email/invitation.txt", context),
+            from_email=None,
+            recipient_list=[invitation.email],
+        )
+    except Exception:
+        # Release only our own claim (same timestamp), then let the task retry.
+        Invitation.objects.filter(pk=invitation_id, sent_at=now).update(sent_at=None)
+        raise
     return True
 
 

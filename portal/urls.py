@@ -29,8 +29,8 @@ router.register("organizations", api.OrganizationViewSet, basename="organization
 router.register("keys", api.ApiKeyViewSet, basename="apikey")
 router.register("members", api.MemberViewSet, basename="member")
 router.register("invitations", api.InvitationViewSet, basename="invitation")
-# The catalog's view extends the deployments API with `model` + `profile`.
-router.register("deployments", marketplace_api.CatalogDeploymentViewSet, basename="deployment")
+# `model` and `build` reach this viewset as deployment sources (deployments.sources).
+router.register("deployments", deployments_api.DeploymentViewSet, basename="deployment")
 router.register("models", marketplace_api.CatalogViewSet, basename="model")
 router.register("builds", builder_api.BuildViewSet, basename="build")
 router.register("uploads", builder_api.UploadViewSet, basename="upload")

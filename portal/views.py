@@ -1,6 +1,5 @@
 from functools import wraps
 
-from django.apps import apps
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
@@ -12,9 +11,10 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from portal import selectors, services
 from portal.access import (
-    access_api_key,
+    access_api_key_to_revoke,
     access_invitation,
     access_membership,
+    access_membership_to_remove,
     access_organization,
     require,
 )
@@ -51,12 +51,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     if request.org is None:
         return redirect("portal:organizations")
     summary = selectors.organization_summary(request.org)
-    # Later capabilities count their own objects here through their selectors.
-    if apps.is_installed("deployments"):
-        from deployments.selectors import deployment_list
-
-        summary["deployments"] = deployment_list(org=request.org).count()
-    return render(request, "portal/dashboard.html", {"summary": summary})
+    cards = selectors.app_dashboard_cards(request.org)
+    return render(request, "portal/dashboard.html", {"summary": summary, "cards": cards})
 
 
 @require_http_methods(["GET", "POST"])
@@ -168,9 +164,7 @@ def api_key_list(request: HttpRequest) -> HttpResponse:
 @org_required
 @require_POST
 def api_key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
-    key = access_api_key(request.org, pk)
-    if key.created_by_id != request.user.pk:
-        require(request.membership, "keys.manage")
+    key = access_api_key_to_revoke(request.membership, pk)
     services.api_key_revoke(api_key=key)
     if request.htmx:
         return render(
@@ -243,9 +237,7 @@ def member_update(request: HttpRequest, pk: int) -> HttpResponse:
 @org_required
 @require_POST
 def member_remove(request: HttpRequest, pk: int) -> HttpResponse:
-    membership = access_membership(request.org, pk)
-    if membership.user_id != request.user.pk:
-        require(request.membership, "members.manage")
+    membership = access_membership_to_remove(request.membership, pk)
     try:
         services.membership_remove(actor=request.membership, membership=membership)
     except ValidationError as exc:
