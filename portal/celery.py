@@ -30,10 +30,6 @@ app.conf.beat_schedule = {
         "task": "deployments.tasks.autoscale_deployments",
         "schedule": 15.0,
     },
-    "refresh-gpu-prices": {
-        "task": "deployments.tasks.refresh_gpu_prices",
-        "schedule": 60.0,
-    },
     "enforce-spend-limits": {
         "task": "deployments.tasks.enforce_spend_limits",
         "schedule": 60.0,

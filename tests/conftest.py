@@ -71,12 +71,14 @@ def _reference_data(request):
     if request.node.get_closest_marker("django_db") or {"db", "transactional_db"} & set(
         request.fixturenames
     ):
+        from billing.gpu_rates import ensure_default_rates
         from billing.plans import ensure_default_plan
         from deployments.gpu_types import ensure_gpu_types
 
         request.getfixturevalue("django_db_blocker")
         with request.getfixturevalue("django_db_blocker").unblock():
             ensure_gpu_types()
+            ensure_default_rates()  # the GPU-hour prices (the rate table is the one price)
             ensure_default_plan()
 
 
