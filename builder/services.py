@@ -6,7 +6,6 @@ import json
 import logging
 import re
 import shutil
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -17,8 +16,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from builder import specs
+from builder.images import config_image_create
 from builder.inspection import ModelFacts, inspect_folder, inspect_gguf, inspect_hub
 from builder.models import Build, BuildStatus, Upload, WeightsCache
+from builder.recovery import lease
 from deployments.engines import PROGRESS_FILE
 from deployments.models import GpuType, Node
 from marketplace.fit import BYTES_PER_PARAM, estimate, format_price, gpu_memory_gib
@@ -453,7 +454,13 @@ def _progress(folder: Path, status: str, done: int, total: int, error: str = "")
 
 def weights_prefetch(*, cache_id: int, build_id: int) -> WeightsCache:
     """Fill the cache: download (resumably, checking sizes) or copy the model files.
-    Idempotent: files already there at the right size are kept."""
+    Idempotent: files already there at the right size are kept. Holds the cache row's
+    lease while it runs, so a fetch whose worker died is found and failed."""
+    with lease(WeightsCache, cache_id):
+        return _weights_prefetch(cache_id=cache_id, build_id=build_id)
+
+
+def _weights_prefetch(*, cache_id: int, build_id: int) -> WeightsCache:
     cache = WeightsCache.objects.get(pk=cache_id)
     build = Build.objects.select_related("upload").get(pk=build_id)
     folder = Path(cache.path)
@@ -563,7 +570,13 @@ def _ensure_base_image(client, image: str, out: _Log) -> None:
 
 
 def build_run(*, build_id: int) -> Build:
-    """Render, build, push, register. A failure keeps the log and says why."""
+    """Render, build, push, register. A failure keeps the log and says why. Holds the
+    build's lease while it runs, so a build whose worker died is found and failed."""
+    with lease(Build, build_id):
+        return _build_run(build_id=build_id)
+
+
+def _build_run(*, build_id: int) -> Build:
     import docker
     from docker.errors import APIError, DockerException
 
@@ -580,28 +593,17 @@ def build_run(*, build_id: int) -> Build:
         out.write(f"$ spec {digest_of_spec[:12]} → {tag}\n{dockerfile}\n", phase="rendering")
         client = docker.DockerClient(base_url=settings.DOCKER_HOST, timeout=600)
         _ensure_base_image(client, spec["base_image"], out)
-        with tempfile.TemporaryDirectory(prefix="gantry-build-") as ctx:
-            Path(ctx, "Dockerfile").write_text(dockerfile)
-            Path(ctx, "gantry-spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True))
-            out.write("", phase="building image")
-            step = ""
-            for chunk in client.api.build(
-                path=ctx,
-                tag=tag,
-                rm=True,
-                forcerm=True,
-                decode=True,
-                network_mode="host",
-                pull=False,
-            ):
-                if "error" in chunk:
-                    raise RuntimeError(chunk["error"].strip())
-                text = chunk.get("stream", "")
-                if text.startswith("Step "):
-                    step = text.strip()
-                    out.write(text, phase=f"building: {step[:80]}")
-                elif text:
-                    out.write(text)
+        out.write("", phase="making image")
+        image_id = config_image_create(
+            client,
+            base=spec["base_image"],
+            tag=tag,
+            env=specs.image_env(spec),
+            labels=specs.image_labels(
+                spec, build_id=build.pk, org=build.organization.slug, name=build.name
+            ),
+        )
+        out.write(f"image {image_id} made over {spec['base_image']} (no layer changed)\n")
         digest = ""
         if settings.REGISTRY_URL:
             out.write(f"$ push {tag}\n", phase="pushing to registry")
@@ -614,7 +616,7 @@ def build_run(*, build_id: int) -> Build:
                 if chunk.get("status") and "id" not in chunk:
                     out.write(chunk["status"] + "\n")
         if not digest:
-            digest = client.images.get(tag).id
+            digest = image_id
         out.write(f"image {tag}\ndigest {digest}\n", phase="registering model")
         model = register_catalog_entry(build=Build.objects.get(pk=build.pk), image=tag)
         Build.objects.filter(pk=build.pk).update(
