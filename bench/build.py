@@ -24,7 +24,7 @@ def main():
     from django.contrib.auth import get_user_model
     from django.core.files.uploadedfile import SimpleUploadedFile
 
-    from builder import services
+    from builder import images, services
     from builder.models import Build
     from deployments.demo_model import write_demo_gguf
     from marketplace.models import CatalogModel
@@ -55,12 +55,12 @@ def main():
     )
     services.build_configure(build=build, engine="llama.cpp", env={"MODE": "a"})
     t = time.perf_counter()
-    cold = services.build_run(build_id=build.pk)
+    cold = images.build_run(build_id=build.pk)
     cold_s = time.perf_counter() - t
     assert cold.status == "succeeded", cold.log
     services.build_configure(build=cold, engine="llama.cpp", env={"MODE": "b"})
     t = time.perf_counter()
-    warm = services.build_run(build_id=build.pk)
+    warm = images.build_run(build_id=build.pk)
     warm_s = time.perf_counter() - t
     assert warm.status == "succeeded", warm.log
     over = client.images.get(warm.image).attrs["Size"] - base.attrs["Size"]

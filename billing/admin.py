@@ -8,6 +8,7 @@ from billing.models import (
     GpuRate,
     Invoice,
     InvoiceLine,
+    Plan,
     Quota,
     TokenRate,
     UsageRecord,
@@ -138,3 +139,15 @@ class CreditAdmin(admin.ModelAdmin):
             organization=obj.organization, amount_cents=obj.amount_cents, reason=obj.reason
         )
         obj.pk = credit.pk
+
+
+@admin.register(Plan)
+class PlanAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "is_default",
+        "max_deployments",
+        "monthly_spend_limit_cents",
+        "max_gpus_per_type",
+        "gpu_types",
+    ]

@@ -200,3 +200,41 @@ class Credit(models.Model):
 
     def __str__(self) -> str:
         return f"{self.amount_cents}¢ to {self.organization}: {self.reason}"
+
+
+class Plan(models.Model):
+    """Default limits a new organization starts with; operators edit plans in the admin.
+    A plan's values are copied into an organization's Quota when that is first made, so
+    editing a plan changes organizations from then on, and each Quota stays editable."""
+
+    name = models.CharField(max_length=64, unique=True)
+    is_default = models.BooleanField(
+        default=False, help_text="New organizations get this plan's limits."
+    )
+    max_deployments = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Empty: no limit."
+    )
+    monthly_spend_limit_cents = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Empty: no limit."
+    )
+    max_gpus_per_type = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="GPUs of each listed GPU type, all regions together. Empty: no limit.",
+    )
+    gpu_types = models.CharField(
+        max_length=400,
+        blank=True,
+        help_text="Comma-separated GPU-type codes max_gpus_per_type applies to.",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_default"], condition=Q(is_default=True), name="plan_one_default"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name + (" (default)" if self.is_default else "")

@@ -74,7 +74,7 @@ def _expired(now: datetime) -> Q:
 def stuck_jobs_recover(*, now: datetime | None = None) -> dict[str, int]:
     """Fail every build and weights fetch whose worker stopped renewing its lease.
     Idempotent: a second run finds nothing more to do."""
-    from builder.services import _progress
+    from builder.weights import progress_write
 
     now = now or timezone.now()
     # One conditional UPDATE per row: a worker that finished or renewed meanwhile no
@@ -105,7 +105,7 @@ def stuck_jobs_recover(*, now: datetime | None = None) -> dict[str, int]:
         # Deployments waiting for these weights read this file (they know nothing of builds).
         folder = Path(cache.path)
         if folder.is_dir():
-            _progress(folder, "failed", cache.bytes_done, cache.bytes_total, error=FETCH_LOST)
+            progress_write(folder, "failed", cache.bytes_done, cache.bytes_total, error=FETCH_LOST)
         failed_fetches += 1
         log.warning("weights %s failed: their worker stopped", cache.pk)
     return {"builds": failed_builds, "weights": failed_fetches}

@@ -113,16 +113,27 @@ def _fast_password_hashing(settings):
 
 
 @pytest.fixture(autouse=True)
+def _fresh_cache():
+    # Throttle counters (sign-up, API rates) live in the cache; one test's must not count
+    # against the next.
+    from django.core.cache import cache
+
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
 def _reference_data(request):
     """Reference rows a data migration provides (flushed by transactional tests)."""
     if request.node.get_closest_marker("django_db") or {"db", "transactional_db"} & set(
         request.fixturenames
     ):
+        from billing.plans import ensure_default_plan
         from deployments.gpu_types import ensure_gpu_types
 
         request.getfixturevalue("django_db_blocker")
         with request.getfixturevalue("django_db_blocker").unblock():
             ensure_gpu_types()
+            ensure_default_plan()
 
 
 @pytest.fixture

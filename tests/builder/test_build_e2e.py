@@ -8,8 +8,8 @@ import urllib.request
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
+from builder.images import build_run
 from builder.models import Build, WeightsCache
-from builder.services import build_run
 from deployments.models import Deployment, Node
 from tests.builder.conftest import gguf_build
 from tests.conftest import need, port_open
@@ -41,9 +41,10 @@ def _wait_build(celery_worker, build_id):
     return Build.objects.get(pk=build_id)
 
 
-def _deploy_chat_delete(api, model_slug):
+def _deploy_chat_delete(api, source: dict):
+    """Deploy by `model` (slug) or `build` (id), chat with it, delete it."""
     response = api.post(
-        "/api/v1/deployments", {"model": model_slug, "regions": ["docker-local"]}, format="json"
+        "/api/v1/deployments", source | {"regions": ["docker-local"]}, format="json"
     )
     assert response.status_code == 201, response.content
     d = Deployment.objects.get(pk=response.json()["id"])
@@ -89,7 +90,8 @@ def test_gguf_upload_builds_pushes_and_deploys(
     body = api.get(f"/api/v1/builds/{build.pk}").json()
     assert body["model"] == "my-tiny" and body["weights"]["status"] == "ready"
     assert "(no layer changed)" in build.log
-    _deploy_chat_delete(api, "my-tiny")
+    d = _deploy_chat_delete(api, {"build": build.pk})  # by the build's id, as the contract says
+    assert d.source == f"build:{build.pk}" and d.image == build.image
 
 
 def test_hub_gguf_repo_builds_and_deploys(
@@ -115,7 +117,7 @@ def test_hub_gguf_repo_builds_and_deploys(
     assert build.status == "succeeded", build.log
     cache = WeightsCache.objects.get(key=f"acme/tiny-gguf@{build.resolved_revision}")
     assert cache.bytes_done == cache.bytes_total == demo_gguf.stat().st_size
-    _deploy_chat_delete(api, "hub-tiny")
+    _deploy_chat_delete(api, {"model": "hub-tiny"})  # by the catalog entry it registered
 
 
 def test_a_failing_build_keeps_its_log_and_says_why(

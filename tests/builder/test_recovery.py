@@ -11,8 +11,8 @@ from django.utils import timezone
 
 from builder.models import Build, BuildStatus, WeightsCache
 from builder.recovery import BUILD_LOST, FETCH_LOST, lease, stuck_jobs_recover
-from builder.services import weights_cache_for
 from builder.tasks import recover_stuck_builds
+from builder.weights import weights_cache_for
 from deployments.engines import PROGRESS_FILE
 from tests.builder.conftest import gguf_build
 
