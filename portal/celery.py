@@ -42,6 +42,10 @@ app.conf.beat_schedule = {
         "task": "deployments.tasks.check_pools",
         "schedule": 30.0,
     },
+    "recover-stuck-builds": {
+        "task": "builder.tasks.recover_stuck_builds",
+        "schedule": float(settings.BUILDER_LEASE_S) / 2,
+    },
     "purge-expired-invitations": {
         "task": "portal.tasks.purge_expired_invitations",
         "schedule": 3600.0,
