@@ -1,6 +1,7 @@
 from django.contrib import admin, messages
 
 from billing import services
+from billing.invoices import invoice_reissue
 from billing.models import (
     BillingAccount,
     Credit,
@@ -90,17 +91,25 @@ class UsageRecordAdmin(admin.ModelAdmin):
 class InvoiceLineInline(admin.TabularInline):
     model = InvoiceLine
     extra = 0
-    readonly_fields = ["deployment_name", "kind", "quantity", "amount_cents"]
+    readonly_fields = ["deployment_name", "kind", "late", "quantity", "amount_cents"]
     can_delete = False
 
 
 @admin.register(Invoice)
 class InvoiceAdmin(admin.ModelAdmin):
-    list_display = ["organization", "period_start", "status", "total_cents", "closed_at"]
+    list_display = [
+        "organization",
+        "period_start",
+        "version",
+        "status",
+        "total_cents",
+        "closed_at",
+        "stripe_invoice_id",
+    ]
     list_filter = ["status", "period_start"]
     search_fields = ["organization__slug"]
     inlines = [InvoiceLineInline]
-    readonly_fields = ["total_cents", "closed_at"]
+    readonly_fields = ["version", "total_cents", "closed_at", "stripe_invoice_id"]
     actions = ["void_and_reissue", "resync_stripe"]
 
     @admin.action(description="Re-sync to Stripe")
@@ -118,12 +127,8 @@ class InvoiceAdmin(admin.ModelAdmin):
     @admin.action(description="Void and re-issue from the ledger")
     def void_and_reissue(self, request, queryset):
         for invoice in queryset.exclude(status=Invoice.Status.VOID):
-            invoice.status = Invoice.Status.VOID
-            invoice.save(update_fields=["status"])
-            new = services.invoice_close(
-                organization=invoice.organization, period_start=invoice.period_start
-            )
-            messages.info(request, f"{invoice} re-issued: {new.total_cents}¢")
+            new = invoice_reissue(invoice_id=invoice.pk)
+            messages.info(request, f"{invoice} re-issued as {new}: {new.total_cents}¢")
 
 
 @admin.register(Credit)

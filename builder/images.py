@@ -1,10 +1,8 @@
 """The image build: render the Dockerfile from the validated spec, build it with the Docker
 SDK, push it to the registry, and register the result as a private catalog entry."""
 
-import json
 import logging
 import re
-import tempfile
 import time
 from pathlib import Path
 
@@ -14,8 +12,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from builder import specs
+from builder.image_config import config_image_create
 from builder.inspection import ModelFacts
 from builder.models import Build, BuildStatus
+from builder.recovery import lease
 from builder.services import gguf_quantization, largest_fit
 from builder.weights import weights_cache_for, weights_files
 from deployments.models import GpuType
@@ -70,7 +70,13 @@ def _ensure_base_image(client, image: str, out: _Log) -> None:
 
 
 def build_run(*, build_id: int) -> Build:
-    """Render, build, push, register. A failure keeps the log and says why."""
+    """Render, build, push, register. A failure keeps the log and says why. Holds the
+    build's lease while it runs, so a build whose worker died is found and failed."""
+    with lease(Build, build_id):
+        return _build_run(build_id=build_id)
+
+
+def _build_run(*, build_id: int) -> Build:
     import docker
     from docker.errors import APIError, DockerException
 
@@ -87,28 +93,17 @@ def build_run(*, build_id: int) -> Build:
         out.write(f"$ spec {digest_of_spec[:12]} → {tag}\n{dockerfile}\n", phase="rendering")
         client = docker.DockerClient(base_url=settings.DOCKER_HOST, timeout=600)
         _ensure_base_image(client, spec["base_image"], out)
-        with tempfile.TemporaryDirectory(prefix="gantry-build-") as ctx:
-            Path(ctx, "Dockerfile").write_text(dockerfile)
-            Path(ctx, "gantry-spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True))
-            out.write("", phase="building image")
-            step = ""
-            for chunk in client.api.build(
-                path=ctx,
-                tag=tag,
-                rm=True,
-                forcerm=True,
-                decode=True,
-                network_mode="host",
-                pull=False,
-            ):
-                if "error" in chunk:
-                    raise RuntimeError(chunk["error"].strip())
-                text = chunk.get("stream", "")
-                if text.startswith("Step "):
-                    step = text.strip()
-                    out.write(text, phase=f"building: {step[:80]}")
-                elif text:
-                    out.write(text)
+        out.write("", phase="making image")
+        image_id = config_image_create(
+            client,
+            base=spec["base_image"],
+            tag=tag,
+            env=specs.image_env(spec),
+            labels=specs.image_labels(
+                spec, build_id=build.pk, org=build.organization.slug, name=build.name
+            ),
+        )
+        out.write(f"image {image_id} made over {spec['base_image']} (no layer changed)\n")
         digest = ""
         if settings.REGISTRY_URL:
             out.write(f"$ push {tag}\n", phase="pushing to registry")
@@ -121,7 +116,7 @@ def build_run(*, build_id: int) -> Build:
                 if chunk.get("status") and "id" not in chunk:
                     out.write(chunk["status"] + "\n")
         if not digest:
-            digest = client.images.get(tag).id
+            digest = image_id
         out.write(f"image {tag}\ndigest {digest}\n", phase="registering model")
         model = register_catalog_entry(build=Build.objects.get(pk=build.pk), image=tag)
         Build.objects.filter(pk=build.pk).update(

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
+from billing.selectors import gpu_hour_cents
 from builder import specs
 from builder.hub_tokens import token_encrypt
 from builder.inspection import ModelFacts, inspect_folder, inspect_gguf, inspect_hub
@@ -160,7 +161,7 @@ def largest_fit(facts: ModelFacts, quantization: str = "") -> list[dict]:
                 "gpu_type": gpu.code,
                 "gpu_name": gpu.name,
                 "gpu_count": count,
-                "price_per_hour": format_price(gpu.price_per_hour_cents * count),
+                "price_per_hour": format_price(gpu_hour_cents(gpu.code) * count),
                 "fits": fit.fits,
                 "required_gib": fit.required_gib,
                 "available_gib": fit.available_gib,

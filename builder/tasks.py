@@ -19,3 +19,10 @@ def prefetch_weights(cache_id: int, build_id: int) -> str:
     from builder.weights import weights_prefetch
 
     return weights_prefetch(cache_id=cache_id, build_id=build_id).status
+
+
+@shared_task
+def recover_stuck_builds() -> dict:
+    from builder.recovery import stuck_jobs_recover
+
+    return stuck_jobs_recover()

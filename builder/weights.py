@@ -14,6 +14,7 @@ from django.core.exceptions import ValidationError
 
 from builder.hub_tokens import token_decrypt
 from builder.models import Build, Upload, WeightsCache
+from builder.recovery import lease
 from deployments.engines import PROGRESS_FILE
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,13 @@ def progress_write(folder: Path, status: str, done: int, total: int, error: str 
 
 def weights_prefetch(*, cache_id: int, build_id: int) -> WeightsCache:
     """Fill the cache: download (resumably, checking sizes) or copy the model files.
-    Idempotent: files already there at the right size are kept."""
+    Idempotent: files already there at the right size are kept. Holds the cache row's
+    lease while it runs, so a fetch whose worker died is found and failed."""
+    with lease(WeightsCache, cache_id):
+        return _weights_prefetch(cache_id=cache_id, build_id=build_id)
+
+
+def _weights_prefetch(*, cache_id: int, build_id: int) -> WeightsCache:
     cache = WeightsCache.objects.get(pk=cache_id)
     build = Build.objects.select_related("upload").get(pk=build_id)
     folder = Path(cache.path)

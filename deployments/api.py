@@ -5,6 +5,7 @@ from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action, api_view
 from rest_framework.response import Response
 
+from billing.selectors import gpu_hour_prices
 from deployments import flags, selectors, services
 from deployments.access import access_deployment, access_replica
 from deployments.models import Deployment, DeploymentEvent, GpuType, Replica
@@ -41,9 +42,18 @@ class RegionOut(serializers.Serializer):
 
 
 class GpuTypeOut(serializers.ModelSerializer):
+    # The one price of a GPU-hour, from billing's rate table (what the ledger charges).
+    price_per_hour_cents = serializers.SerializerMethodField()
+
     class Meta:
         model = GpuType
         fields = ["code", "name", "memory_gb", "price_per_hour_cents"]
+
+    def get_price_per_hour_cents(self, gpu) -> int:
+        prices = self.context.get("prices")
+        if prices is None:
+            prices = self.context["prices"] = gpu_hour_prices()
+        return prices.get(gpu.code, 0)
 
 
 class ReplicaOut(serializers.ModelSerializer):
@@ -219,7 +229,8 @@ def region_list(request):
 @extend_schema(responses=GpuTypeOut(many=True))
 @api_view(["GET"])
 def gpu_type_list(request):
-    return Response(GpuTypeOut(GpuType.objects.all(), many=True).data)
+    gpus = GpuType.objects.all()
+    return Response(GpuTypeOut(gpus, many=True, context={"prices": gpu_hour_prices()}).data)
 
 
 @extend_schema(responses=CapacityOut(many=True))

@@ -11,8 +11,7 @@ class GpuType(models.Model):
     code = models.SlugField(max_length=32, unique=True)
     name = models.CharField(max_length=64)
     memory_gb = models.PositiveIntegerField(help_text="Memory of one GPU; 0 for CPU slots.")
-    # List price in minor units (cents) per GPU-hour; the billing rate table refines it.
-    price_per_hour_cents = models.PositiveIntegerField(default=0)
+    # No price here: a GPU-hour's one price is billing's rate table (billing.selectors).
 
     class Meta:
         ordering = ["-memory_gb", "code"]
@@ -54,9 +53,6 @@ class GpuPool(models.Model):
     # Driver settings (docker_url, namespace, kubeconfig context, port range…). May hold
     # credentials: never rendered outside the admin's own form.
     config = models.JSONField(default=dict, blank=True)
-    price_per_hour_cents = models.PositiveIntegerField(
-        null=True, blank=True, help_text="Per GPU-hour; empty = the GPU type's list price."
-    )
     # Images are the operators' choice: a tenant's deployment runs one of these (or one
     # of its own organization's builds, where runs_org_builds allows).
     allowed_images = models.JSONField(
@@ -85,12 +81,6 @@ class GpuPool(models.Model):
     def effective_images(self) -> list[str]:
         listed = [str(i) for i in self.allowed_images or [] if i]
         return listed or [i for i in settings.GANTRY_ENGINE_IMAGES.values() if i]
-
-    @property
-    def effective_price_cents(self) -> int:
-        if self.price_per_hour_cents is not None:
-            return self.price_per_hour_cents
-        return self.gpu_type.price_per_hour_cents
 
 
 class Node(models.Model):

@@ -1,7 +1,6 @@
 """Catalog API. Deploying a catalog model (`model` in POST /api/v1/deployments) is served by
 the deployments API through the source this app registers in `apps.py`."""
 
-from django.db.models import Min
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, viewsets
 from rest_framework.response import Response
@@ -70,8 +69,10 @@ class ModelOut(serializers.ModelSerializer):
     def get_cheapest_price_per_hour(self, m) -> str | None:
         cents = getattr(m, "cheapest_cents", None)
         if cents is None and not hasattr(m, "cheapest_cents"):
-            cents = m.profiles.filter(fits=True).aggregate(c=Min("gpu_type__price_per_hour_cents"))
-            cents = cents["c"]
+            cheapest = (
+                selectors.profiles_priced().filter(model=m, fits=True).order_by("price_cents")
+            )
+            cents = cheapest.values_list("price_cents", flat=True).first()
         return _price(cents)
 
     def get_private(self, m) -> bool:

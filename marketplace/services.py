@@ -11,12 +11,13 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from billing.selectors import gpu_hour_prices
 from deployments.gpu_types import ensure_gpu_types
 from deployments.models import Deployment, GpuType, Node, Region
 from deployments.placement import explain_unschedulable
 from deployments.services import deployment_create
 from marketplace import selectors
-from marketplace.fit import profile_fit
+from marketplace.fit import price_per_hour_cents, profile_fit
 from marketplace.models import CatalogModel, CatalogSync, Managed, ServingProfile
 
 log = logging.getLogger(__name__)
@@ -224,9 +225,10 @@ def regions_with_room(profile: ServingProfile) -> list[Region]:
 
 def default_profile(model: CatalogModel) -> ServingProfile | None:
     """The cheapest profile that fits and has room somewhere; else the cheapest that fits."""
+    prices = gpu_hour_prices()
     profiles = sorted(
         (p for p in model.profiles.select_related("gpu_type") if p.fits),
-        key=lambda p: (p.gpu_type.price_per_hour_cents * p.gpu_count, p.gpu_count, p.name),
+        key=lambda p: (price_per_hour_cents(p, prices), p.gpu_count, p.name),
     )
     for p in profiles:
         if regions_with_room(p):

@@ -7,6 +7,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
+from billing.selectors import gpu_hour_prices
 from deployments.models import Region
 from marketplace import selectors, services
 from marketplace.access import access_catalog_model
@@ -39,8 +40,13 @@ def grid(request: HttpRequest) -> HttpResponse:
 
 
 def _profile_rows(model) -> list[dict]:
+    prices = gpu_hour_prices()
     return [
-        {"profile": p, "fit": profile_fit(p), "price": format_price(price_per_hour_cents(p))}
+        {
+            "profile": p,
+            "fit": profile_fit(p),
+            "price": format_price(price_per_hour_cents(p, prices)),
+        }
         for p in model.profiles.all()
     ]
 

@@ -346,6 +346,9 @@ REGISTRY_URL = env.str("REGISTRY_URL", default="")
 BUILDER_ALLOWED_PATHS = env.list("BUILDER_ALLOWED_PATHS", default=[])
 # Let builds pull a missing engine base image from its registry (off: use what is loaded).
 BUILDER_PULL_BASE_IMAGES = env.bool("BUILDER_PULL_BASE_IMAGES", default=False)
+# A build or weights fetch whose worker has not renewed its lease for this long lost its
+# worker, and is failed with that reason (the lease is renewed every quarter of it).
+BUILDER_LEASE_S = env.int("BUILDER_LEASE_S", default=120)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 

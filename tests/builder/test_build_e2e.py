@@ -1,6 +1,7 @@
 """Source → inspect → build (real Docker engine) → push (real registry) → deploy (docker
 driver) → a real chat completion → delete, driven by the real Celery worker."""
 
+import json
 import os
 import urllib.request
 
@@ -88,7 +89,7 @@ def test_gguf_upload_builds_pushes_and_deploys(
         assert r.status == 200
     body = api.get(f"/api/v1/builds/{build.pk}").json()
     assert body["model"] == "my-tiny" and body["weights"]["status"] == "ready"
-    assert "Successfully built" in build.log or "writing image" in build.log.lower()
+    assert "(no layer changed)" in build.log
     d = _deploy_chat_delete(api, {"build": build.pk})  # by the build's id, as the contract says
     assert d.source == f"build:{build.pk}" and d.image == build.image
 
@@ -141,8 +142,32 @@ def test_rebuilding_an_unchanged_spec_reuses_the_cache(org_a, docker_client, dem
     first = build_run(build_id=build.pk)
     second = build_run(build_id=build.pk)
     assert first.status == second.status == "succeeded"
-    assert second.log.count("Using cache") == 2  # ENV and COPY: nothing rebuilt
+    # The same spec makes the very same image: nothing is rebuilt or copied.
     assert first.spec_hash == second.spec_hash and first.digest == second.digest
     base = docker_client.images.get("gantry/llamacpp:0.3.36")
     image = docker_client.images.get(second.image)
-    assert 0 < image.attrs["Size"] - base.attrs["Size"] < 1_000_000
+    assert image.attrs["RootFS"]["Layers"] == base.attrs["RootFS"]["Layers"]
+    assert image.attrs["Size"] == base.attrs["Size"]
+    labels = image.attrs["Config"]["Labels"]
+    assert labels["io.gantry.spec-hash"] == second.spec_hash
+    assert json.loads(labels["io.gantry.spec"])["engine"] == "llama.cpp"
+    assert "GANTRY_ENGINE=llama.cpp" in image.attrs["Config"]["Env"]
+
+
+def test_a_config_only_change_makes_a_new_image_over_the_same_layers(
+    org_a, docker_client, demo_gguf, local_pool
+):
+    from builder.services import build_configure
+
+    build = gguf_build(org_a, demo_gguf, "reconf")
+    build_configure(build=build, engine="llama.cpp", env={"MODE": "a"})
+    first = build_run(build_id=build.pk)
+    build_configure(build=first, engine="llama.cpp", env={"MODE": "b"})
+    second = build_run(build_id=build.pk)
+    assert first.status == second.status == "succeeded", second.log
+    assert first.digest != second.digest and first.spec_hash != second.spec_hash
+    env = docker_client.images.get(second.image).attrs["Config"]["Env"]
+    assert "MODE=b" in env and "MODE=a" not in env
+    base = docker_client.images.get("gantry/llamacpp:0.3.36").attrs
+    # The base's own variables (PATH…) are kept beneath the build's.
+    assert set(base["Config"]["Env"]) <= set(env)
