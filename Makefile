@@ -49,9 +49,15 @@ run: migrate
 test: install-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+## ruff (with the bandit and datetime rule sets), mypy on the service layers, Django's
+## system checks and a check that no model change lacks its migration.
+MYPY_TARGETS = $(sort $(wildcard */services.py */services/*.py */selectors.py */access.py))
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy $(MYPY_TARGETS)
+	$(BIN)/python manage.py check
+	$(BIN)/python manage.py makemigrations --check --dry-run
 
 format: install-dev
 	$(BIN)/ruff format .

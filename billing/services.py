@@ -87,7 +87,7 @@ def spend_status(organization: Organization) -> dict:
         "spent_cents": spent,
         "limit_cents": limit,
         "percent": percent,
-        "soft": bool(limit and percent >= quota.soft_alert_percent),
+        "soft": percent is not None and percent >= quota.soft_alert_percent,
         "hard": bool(limit and spent >= limit),
     }
 
@@ -309,7 +309,9 @@ def usage_ingest(records: list[UsageRecord], *, batch_size: int = 2000) -> None:
     now = timezone.now()
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS billing_usage_stage ON COMMIT DELETE ROWS "
+            # Column names come from _INGEST_COLUMNS, a module constant; every value goes
+            # through COPY or a bound parameter, never into the SQL text.
+            "CREATE TEMP TABLE IF NOT EXISTS billing_usage_stage ON COMMIT DELETE ROWS "  # noqa: S608
             f"AS SELECT {cols} FROM billing_usagerecord WITH NO DATA"
         )
         with cursor.cursor.copy(f"COPY billing_usage_stage ({cols}) FROM STDIN") as copy:
@@ -318,7 +320,7 @@ def usage_ingest(records: list[UsageRecord], *, batch_size: int = 2000) -> None:
         # Daily totals are upserted in key order so concurrent batches lock them in the
         # same order and cannot deadlock on each other.
         cursor.execute(
-            f"WITH inserted AS (INSERT INTO billing_usagerecord ({cols}, created_at) "
+            f"WITH inserted AS (INSERT INTO billing_usagerecord ({cols}, created_at) "  # noqa: S608
             f"SELECT DISTINCT ON (idempotency_key) {cols}, %s FROM billing_usage_stage "
             "ON CONFLICT (idempotency_key) DO NOTHING "
             "RETURNING organization_id, window_start, deployment_name, kind, quantity, "
@@ -353,13 +355,13 @@ def _ingest_portable(records: list[UsageRecord], *, batch_size: int) -> None:
         UsageRecord.objects.bulk_create(fresh.values(), batch_size=batch_size)
         days: dict[tuple, list[int]] = {}
         for r in fresh.values():
-            key = (
+            day_key = (
                 r.organization_id,
                 r.window_start.astimezone(UTC).date(),
                 r.deployment_name,
                 r.kind,
             )
-            total = days.setdefault(key, [0, 0])
+            total = days.setdefault(day_key, [0, 0])
             total[0] += r.quantity
             total[1] += r.amount_micros
         for (org_id, day, name, kind), (quantity, micros) in sorted(days.items()):

@@ -1,3 +1,5 @@
+from typing import Any
+
 from django.db.models import Exists, F, OuterRef, Prefetch, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 
@@ -19,7 +21,9 @@ SORTS = {
 }
 
 
-def profiles_priced() -> QuerySet[ServingProfile]:
+def profiles_priced() -> QuerySet[Any]:
+    # Typed loosely on purpose: the annotation `price_cents` is not a model field, and a
+    # QuerySet[ServingProfile] would make the type checker refuse ordering by it.
     """Profiles with `price_cents`: a replica-hour at the GPU-hour rate billing charges
     (its rate table, the one price) × GPUs per replica."""
     rate = Coalesce(gpu_hour_cents_sql("gpu_type__code"), 0)

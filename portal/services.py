@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User as AuthUser
 from django.contrib.auth.password_validation import validate_password
 from django.core import signing
 from django.core.exceptions import ValidationError
@@ -42,7 +42,7 @@ def _free_slug(base: str) -> str:
 
 @transaction.atomic
 def organization_create(
-    *, name: str, owner: AbstractBaseUser, slug: str = "", personal: bool = False
+    *, name: str, owner: AuthUser, slug: str = "", personal: bool = False
 ) -> Organization:
     name = name.strip()
     if not name:
@@ -72,7 +72,7 @@ def organization_create(
     return org
 
 
-def _check_may_own_another(owner: AbstractBaseUser) -> None:
+def _check_may_own_another(owner: AuthUser) -> None:
     # Taken under a lock on the user's row, so two concurrent creates cannot both pass.
     User.objects.select_for_update().filter(pk=owner.pk).first()
     owned = Membership.objects.filter(user=owner, role=Role.OWNER).count()
@@ -104,7 +104,7 @@ def signup_invitation(token: str) -> Invitation | None:
 @transaction.atomic
 def user_signup(
     *, username: str, email: str, password: str, invitation_token: str = ""
-) -> AbstractBaseUser:
+) -> AuthUser:
     """Create a user and their personal organization, in which they are the owner; with an
     invitation, the user also joins the inviting organization."""
     invitation = signup_invitation(invitation_token)
@@ -133,7 +133,7 @@ def user_signup(
     return user
 
 
-def membership_for(user: AbstractBaseUser, org: Organization) -> Membership | None:
+def membership_for(user: AuthUser, org: Organization) -> Membership | None:
     return Membership.objects.filter(user=user, organization=org).first()
 
 
@@ -280,7 +280,7 @@ def invitation_from_token(token: str) -> Invitation:
 
 
 @transaction.atomic
-def invitation_accept(*, token: str, user: AbstractBaseUser) -> Membership:
+def invitation_accept(*, token: str, user: AuthUser) -> Membership:
     invitation = invitation_from_token(token)
     invitation = Invitation.objects.select_for_update().get(pk=invitation.pk)
     if invitation.accepted_at is not None:
@@ -317,7 +317,7 @@ def invitation_purge_expired() -> int:
 def api_key_create(
     *,
     organization: Organization,
-    user: AbstractBaseUser,
+    user: AuthUser,
     name: str,
     requests_per_minute: int | None = None,
     tokens_per_minute: int | None = None,

@@ -7,7 +7,8 @@ from portal.models import Membership, Organization, Role
 from portal.services import organization_create
 
 DEMO_USER = "demo"
-DEMO_PASSWORD = "gantry-demo"
+# Public on purpose: the README prints it so a newcomer can sign in to `make run`.
+DEMO_PASSWORD = "gantry-demo"  # noqa: S105
 DEMO_ORG = "demo"
 
 
