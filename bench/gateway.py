@@ -251,6 +251,7 @@ def main():
                 "--log-level",
                 "warning",
                 "--no-access-log",
+                "--no-proxy-headers",
             ],
             cwd=ROOT,
             env=env,

@@ -22,6 +22,7 @@ from billing.models import (
     InvoiceLine,
     Quota,
     TokenRate,
+    TokenSource,
     UsageKind,
     UsageRecord,
 )
@@ -250,8 +251,9 @@ def meter_tokens(
 
 
 def meter_tokens_many(items: list[dict]) -> None:
-    """Token usage of many requests (the keys of `meter_tokens`), priced at the rate in
-    force and written in one ledger batch, keyed by request so a replay counts once."""
+    """Token usage of many requests (the keys of `meter_tokens`, plus an optional
+    `source`: a TokenSource, "engine" when absent), priced at the rate in force and written
+    in one ledger batch, keyed by request so a replay counts once."""
     rates: dict = {}
     rows = []
     for item in items:
@@ -277,6 +279,7 @@ def meter_tokens_many(items: list[dict]) -> None:
                         deployment_id=item["deployment_id"],
                         deployment_name=item["deployment_name"],
                         model=model,
+                        token_source=item.get("source", TokenSource.ENGINE),
                         idempotency_key=f"tok:{item['request_id']}:{kind}",
                     )
                 )
@@ -295,6 +298,7 @@ _INGEST_COLUMNS = [
     "region",
     "gpu_type",
     "model",
+    "token_source",
     "idempotency_key",
 ]
 

@@ -80,3 +80,12 @@ def model_unreachable(name: str) -> JSONResponse:
         "model_unreachable",
         headers={"Retry-After": "2"},
     )
+
+
+def answer_too_large() -> JSONResponse:
+    return error(
+        502,
+        "The engine's answer is larger than the gateway accepts.",
+        "server_error",
+        "bad_gateway",
+    )
