@@ -62,6 +62,15 @@ def model_waking(name: str) -> JSONResponse:
     )
 
 
+def model_stopped(name: str) -> JSONResponse:
+    return error(
+        503,
+        f"`{name}` is stopped; its owners can start it again.",
+        "server_error",
+        "model_stopped",
+    )
+
+
 def model_not_ready(name: str, status: str) -> JSONResponse:
     return error(
         503,

@@ -188,14 +188,17 @@ def answer_of(data: bytes) -> dict:
 async def targets_or_wait(
     request: Request, caller: Caller, route: Route
 ) -> tuple[Route, list[Target]] | Response:
-    """The route's replicas in order of preference; when it has none running, wake it if it
-    sleeps at zero replicas and hold the client for as long as its `X-Scale-Up-Timeout`
-    says (none: answer 503 at once)."""
+    """The route's replicas in order of preference; when it has none running, wake it if
+    the autoscaler put it to sleep (never one a person stopped: any key may wake, so it
+    must not restart what an admin turned off) and hold the client for as long as its
+    `X-Scale-Up-Timeout` says (none: answer 503 at once)."""
     gw = request.app.state.gateway
     targets = await gw.router.ordered(request, route)
     if targets:
         return route, targets
-    waking = route.desired == 0
+    if route.desired == 0 and not route.asleep:
+        return errors.model_stopped(route.name)
+    waking = route.asleep
     if waking:
         await db(wake)(route.deployment_id)
     try:
