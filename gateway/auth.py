@@ -89,8 +89,7 @@ class Auth:
         if hit:
             return value
         if not looks_like_api_key(raw):
-            self.keys.put(raw, None)
-            return None
+            return None  # costs nothing to tell again; kept out of the cache of real keys
         if raw in self.lookups:
             return await asyncio.shield(self.lookups[raw])
         future = asyncio.get_running_loop().create_future()

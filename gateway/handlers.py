@@ -133,6 +133,19 @@ async def proxy(request: Request, path: str) -> Response:
             data = await gw.relay.read(upstream)
         except AnswerTooLarge:
             log.warning("replica %s answered more than the gateway reads", target.url)
+            # The engine did the work: its prompt, at least, is counted and metered.
+            gw.spawn(
+                gw.settle(
+                    caller,
+                    route,
+                    target,
+                    status=status,
+                    usage=None,
+                    started=started,
+                    body=body,
+                    answer={},
+                )
+            )
             return errors.answer_too_large()
         finally:
             gw.end(route, target)

@@ -103,12 +103,12 @@ class Relay:
                 async for chunk in upstream.content.iter_any():
                     buffer += chunk
                     *lines, buffer = buffer.split(b"\n")
+                    if len(buffer) > limit or any(len(line) > limit for line in lines):
+                        log.warning("an engine event is over %d bytes; stream cut off", limit)
+                        break
                     for line in lines:
                         found, n = read_event(line)
                         usage, tokens = found or usage, tokens + n
-                    if len(buffer) > limit:
-                        log.warning("an engine event is over %d bytes; stream cut off", limit)
-                        break
                     queue.put_nowait(chunk)
             finally:
                 queue.put_nowait(None)

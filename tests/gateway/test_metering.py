@@ -57,7 +57,7 @@ def route(org_a):
     return Route(DEPLOYMENT_ID, "chat", org_a.pk, "running")
 
 
-def test_the_database_is_reachable_only_through_the_closed_port_switch(route):
+def test_the_outage_switch_really_cuts_the_gateway_off_the_database(route):
     async def write_once():
         await db(write_usage)([])
 

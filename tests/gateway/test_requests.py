@@ -126,3 +126,22 @@ def test_a_bearer_that_is_not_a_key_is_refused_before_the_body_is_read(gateway, 
     status, answer = post(gateway, "not-a-key", {"model": "streamer", "messages": HI})
     assert status == 401 and answer["error"]["code"] == "invalid_api_key"
     assert upstream_route.upstream.received == []
+
+
+def test_an_engine_answer_over_the_limit_is_cut_off_and_the_prompt_still_metered(
+    gateway, upstream_route, org_a, api_client_for, settings
+):
+    settings.GATEWAY_MAX_ANSWER_BYTES = 100  # the stand-in's answers are a few hundred
+    key = api_client_for(org_a).raw_key
+    status, answer = post(gateway, key, {"model": "streamer", "messages": HI})
+    assert status == 502 and answer["error"]["code"] == "bad_gateway"
+    assert wait_for(lambda: tokens(upstream_route, "input_tokens") > 0)
+    # A stream passes through event by event, but an event over the limit ends it.
+    request = urllib.request.Request(
+        f"{gateway.base_url}/chat/completions",
+        data=json.dumps({"model": "streamer", "messages": HI, "stream": True}).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as r:
+        received = r.read()
+    assert b"[DONE]" not in received and len(received) < 400
