@@ -10,7 +10,9 @@ only, under var/bench-peers (never in the product's requirements): LiteLLM's pro
 virtualenv of its own, Portkey's gateway from npm with @hono/node-server held at 1.13.5
 (newer ones break its streaming). BENCH_LITELLM / BENCH_PORTKEY point elsewhere. wrk is
 installed with apt-get when it is missing. Prints requests/s, sequential added latency p50
-over the direct upstream and p99 at load, and the ratios.
+over the direct upstream, p99 at load, each gateway's CPU time per request (its process
+tree's, from /proc: a figure the rest of the machine's load hardly moves, unlike req/s), and
+the ratios.
 """
 
 import asyncio
@@ -170,6 +172,28 @@ def sequential_p50_ms(port: int, path: str, headers: dict, body: str = BODY) -> 
     return statistics.median(samples)
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and all its descendants, from /proc: what a
+    gateway spends, whatever else the machine is doing meanwhile."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, grew = {pid}, True
+    while grew:
+        more = {p for p, parent in parents.items() if parent in tree} - tree
+        tree, grew = tree | more, bool(more)
+    return sum(times.get(p, 0.0) for p in tree)
+
+
 def wrk(port: int, path: str, headers: dict, body: str = BODY) -> tuple[float, float]:
     script = Path(tempfile.mkdtemp()) / "post.lua"
     lines = [
@@ -198,6 +222,7 @@ def wrk(port: int, path: str, headers: dict, body: str = BODY) -> tuple[float, f
         check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    wrk.requests = int(re.search(r"(\d+) requests in", out).group(1))
     m = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     p99 = float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
     if "Non-2xx" in out:
@@ -336,6 +361,7 @@ def main():
         )
     )
     peers = {"gantry": (gantry_port, "/v1/chat/completions", {"Authorization": f"Bearer {raw}"})}
+    pids = {"gantry": procs[-1].pid}
 
     litellm, portkey = install_peers()
     if Path(litellm).exists():
@@ -381,6 +407,7 @@ def main():
                 stderr=subprocess.DEVNULL,
             )
         )
+        pids["litellm"] = procs[-1].pid
         peers["litellm"] = (
             litellm_port,
             "/v1/chat/completions",
@@ -396,6 +423,7 @@ def main():
                 stderr=subprocess.DEVNULL,
             )
         )
+        pids["portkey"] = procs[-1].pid
         peers["portkey"] = (
             portkey_port,
             "/v1/chat/completions",
@@ -415,14 +443,20 @@ def main():
         results = {}
         for name, (port, path, headers) in peers.items():
             seq = sequential_p50_ms(port, path, headers)
+            before = cpu_seconds(pids[name])
             rps, p99 = wrk(port, path, headers)
+            between = cpu_seconds(pids[name])
+            cpu_us = (between - before) / max(wrk.requests, 1) * 1e6
             stream_rps, stream_p99 = wrk(port, path, headers, STREAM_BODY)
+            stream_cpu_us = (cpu_seconds(pids[name]) - between) / max(wrk.requests, 1) * 1e6
             results[name] = {
                 "rps": rps,
                 "added": seq - direct,
                 "p99": p99,
                 "stream_rps": stream_rps,
                 "stream_p99": stream_p99,
+                "cpu_us": cpu_us,
+                "stream_cpu_us": stream_cpu_us,
             }
     finally:
         for p in procs:
@@ -438,12 +472,13 @@ def main():
     )
     print(
         f"{'gateway':<10}{'req/s':>10}{'added p50 ms':>14}{'p99 at load ms':>16}"
-        f"{'stream req/s':>14}{'stream p99 ms':>15}"
+        f"{'stream req/s':>14}{'stream p99 ms':>15}{'CPU µs/req':>12}{'stream CPU µs/req':>19}"
     )
     for name, r in results.items():
         print(
             f"{name:<10}{r['rps']:>10.0f}{r['added']:>14.3f}{r['p99']:>16.2f}"
             f"{r['stream_rps']:>14.0f}{r['stream_p99']:>15.2f}"
+            f"{r['cpu_us']:>12.0f}{r['stream_cpu_us']:>19.0f}"
         )
     g = results["gantry"]
     pk = results.get("portkey")
@@ -470,6 +505,10 @@ def main():
         f"gantry_stream_rps={g['stream_rps']:.0f} "
         f"portkey_stream_rps={pk['stream_rps'] if pk else nan:.0f} "
         f"litellm_stream_rps={ll['stream_rps'] if ll else nan:.0f} "
+        f"gantry_cpu_us_per_req={g['cpu_us']:.0f} "
+        f"gantry_stream_cpu_us_per_req={g['stream_cpu_us']:.0f} "
+        f"portkey_cpu_us_per_req={pk['cpu_us'] if pk else nan:.0f} "
+        f"portkey_stream_cpu_us_per_req={pk['stream_cpu_us'] if pk else nan:.0f} "
         f"portkey_seq_added_p50_ms={pk['added'] if pk else nan:.3f} "
         f"litellm_seq_added_p50_ms={ll['added'] if ll else nan:.3f}"
     )
