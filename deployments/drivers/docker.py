@@ -7,6 +7,7 @@ device requests. A container's name is the replica's, so a retried start finds a
 adopts what an interrupted one created instead of starting a second.
 """
 
+import os
 import socket
 from pathlib import Path
 
@@ -24,6 +25,9 @@ from deployments.drivers.base import (
 from deployments.engines import default_image, engine_command, model_file
 
 CONTAINER_MODELS = "/models"
+# The Gantry instance (a `make run`, a test session) that started a container, as its
+# label: the same marker the local driver gives its engines (see drivers/local.py).
+INSTANCE_LABEL = "gantry.instance"
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -146,6 +150,8 @@ class DockerDriver(PoolDriver):
                 "gantry.port": str(port),
                 "gantry.url": url,
             }
+            if os.environ.get("GANTRY_INSTANCE"):
+                labels[INSTANCE_LABEL] = os.environ["GANTRY_INSTANCE"]
             device_requests = []
             if spec.gpus and spec.gpu_type != "cpu":
                 ids = spec.node_config.get("gpu_ids")

@@ -81,8 +81,9 @@ def _acquire_lease(deployment_id: int) -> str | None:
         lease_owner=me, lease_until=now + LEASE
     ):
         return me
-    holder = Deployment.objects.filter(pk=deployment_id).values_list("lease_owner", flat=True)
-    holder = holder.first()
+    holder = (
+        Deployment.objects.filter(pk=deployment_id).values_list("lease_owner", flat=True).first()
+    )
     if (
         holder
         and _holder_dead(holder)

@@ -1,7 +1,5 @@
-import contextlib
 import json
 import os
-import signal
 import time
 from pathlib import Path
 
@@ -20,10 +18,12 @@ def replica_var(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("var")
 
 
-def _kill_all_local_replicas(var: Path) -> None:
-    for pidfile in (var / "replicas").glob("*/gantry-r*/pid"):
-        with contextlib.suppress(Exception):
-            os.killpg(int(pidfile.read_text().strip()), signal.SIGKILL)
+def stop_session_engines() -> None:
+    """Stop the engines this test session started (and only those: other sessions share
+    the machine), wherever their runtime folder is."""
+    from deployments.drivers.local import instance_processes, terminate
+
+    terminate(instance_processes(os.environ["GANTRY_INSTANCE"], engines_only=True))
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +32,7 @@ def _isolated_var(settings, replica_var):
     settings.GANTRY_MODEL_DIRS = [str(replica_var / "models")]
     yield
     # Whatever a test started, nothing outlives it.
-    _kill_all_local_replicas(replica_var)
+    stop_session_engines()
 
 
 def make_region(code: str, name: str = "", lat: float = 0.0, lon: float = 0.0) -> Region:
@@ -125,7 +125,9 @@ def docker_client():
     except docker.errors.ImageNotFound:
         need(False, f"the engine image {image} (scripts/build-engine-images.sh builds it)")
     yield client
-    for c in client.containers.list(all=True, filters={"label": "gantry.replica"}):
+    # Only this session's containers: other sessions share the Docker engine.
+    mine = f"gantry.instance={os.environ['GANTRY_INSTANCE']}"
+    for c in client.containers.list(all=True, filters={"label": ["gantry.replica", mine]}):
         c.remove(force=True)
     client.close()
 

@@ -1,5 +1,7 @@
 """The `docker` driver against the real Docker engine, running the real llama.cpp image."""
 
+import os
+
 import pytest
 
 from deployments.engines import DEMO_MODEL_REF
@@ -44,7 +46,8 @@ def test_create_run_complete_delete_on_docker_with_the_real_worker(
     )
 
     assert api.delete(f"/api/v1/deployments/{pk}").status_code == 204
-    assert not docker_client.containers.list(all=True, filters={"label": "gantry.replica"})
+    mine = f"gantry.instance={os.environ['GANTRY_INSTANCE']}"  # not other sessions'
+    assert not docker_client.containers.list(all=True, filters={"label": mine})
     assert Node.objects.get(pool=docker_pool).gpus_allocated == 0
     assert Deployment.objects.get(pk=pk).status == DeploymentStatus.DELETED
 

@@ -13,7 +13,10 @@ from tests.conftest import owner_of
 from tests.deployments import conftest as deployments_fixtures
 from tests.deployments.conftest import reconcile_until
 
-local_pool = deployments_fixtures.local_pool  # shared fixture
+# Shared fixtures (the engines' run folders, isolated per session; a local pool).
+_isolated_var = deployments_fixtures._isolated_var
+replica_var = deployments_fixtures.replica_var
+local_pool = deployments_fixtures.local_pool
 
 
 def free_port() -> int:

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('billing', '0005_alter_invoiceline_kind_alter_usagerecord_kind_credit'),
+        ('billing', '0007_merge_plan_and_invoice_versions'),
     ]
 
     operations = [

@@ -20,7 +20,7 @@ def mark_sleeping(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("deployments", "0006_traffic"),
+        ("deployments", "0007_one_gpu_price"),
     ]
 
     operations = [
