@@ -2,12 +2,17 @@
 
 Same generator (wrk), same concurrency, same fast OpenAI-shaped upstream on loopback; each
 gateway pinned to its own core (taskset), the upstream and wrk on the other. Gantry runs
-with key check, routing and token metering on. The peers are installed on first use, for
-this bench only, under var/bench-peers (never in the product's requirements): LiteLLM's
-proxy in a virtualenv of its own, Portkey's gateway from npm with @hono/node-server held at
-1.13.5 (newer ones break its streaming). BENCH_LITELLM / BENCH_PORTKEY point elsewhere.
-Prints requests/s, sequential added latency p50 over the direct upstream and p99 at load,
-and the ratios.
+with key check, routing, token metering and limits on. Two workloads: a plain chat
+completion, and the same request streamed (server-sent events ending with the usage event
+the gateway asks for, as vLLM sends it) — metered too. The upstream alone, under the same
+wrk, gives the ceiling (`direct_rps`). The peers are installed on first use, for this bench
+only, under var/bench-peers (never in the product's requirements): LiteLLM's proxy in a
+virtualenv of its own, Portkey's gateway from npm with @hono/node-server held at 1.13.5
+(newer ones break its streaming). BENCH_LITELLM / BENCH_PORTKEY point elsewhere. wrk is
+installed with apt-get when it is missing. Prints requests/s, sequential added latency p50
+over the direct upstream, p99 at load, each gateway's CPU time per request (its process
+tree's, from /proc: a figure the rest of the machine's load hardly moves, unlike req/s), and
+the ratios.
 """
 
 import asyncio
@@ -32,6 +37,54 @@ SEQUENTIAL = int(os.environ.get("BENCH_SEQUENTIAL", "300"))
 LITELLM_KEY = "sk-gantry-bench-7f3a9c2e41d84b6b9e05"
 BODY = json.dumps(
     {"model": "bench", "max_tokens": 8, "messages": [{"role": "user", "content": "hello"}]}
+)
+STREAM_BODY = json.dumps(
+    {
+        "model": "bench",
+        "max_tokens": 8,
+        "stream": True,
+        "messages": [{"role": "user", "content": "hello"}],
+    }
+)
+
+
+def _event(payload: dict) -> bytes:
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+STREAM_ANSWER = (
+    b"".join(
+        _event(
+            {
+                "id": "chatcmpl-bench",
+                "object": "chat.completion.chunk",
+                "created": 0,
+                "model": "bench",
+                "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}],
+            }
+        )
+        for word in ["Hello", " from", " the", " upstream", "."]
+    )
+    + _event(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": "bench",
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        }
+    )
+    + _event(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": "bench",
+            "choices": [],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14},
+        }
+    )
+    + b"data: [DONE]\n\n"
 )
 ANSWER = json.dumps(
     {
@@ -65,13 +118,18 @@ class Upstream(asyncio.Protocol):
             need = int(m.group(1)) if m else 0
             if len(rest) < need:
                 return
-            self.buf = rest[need:]
+            body, self.buf = rest[:need], rest[need:]
+            streamed = re.search(rb'"stream":\s*true', body) is not None
+            answer, kind = (
+                (STREAM_ANSWER, b"text/event-stream") if streamed else (ANSWER, b"application/json")
+            )
             self.transport.write(
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                b"Content-Length: "
-                + str(len(ANSWER)).encode()
+                b"HTTP/1.1 200 OK\r\nContent-Type: "
+                + kind
+                + b"\r\nContent-Length: "
+                + str(len(answer)).encode()
                 + b"\r\nConnection: keep-alive\r\n\r\n"
-                + ANSWER
+                + answer
             )
 
 
@@ -98,13 +156,13 @@ def wait_http(port: int, path: str = "/", timeout: float = 60) -> bool:
     return False
 
 
-def sequential_p50_ms(port: int, path: str, headers: dict) -> float:
+def sequential_p50_ms(port: int, path: str, headers: dict, body: str = BODY) -> float:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     samples = []
     for i in range(SEQUENTIAL + 20):
         t = time.perf_counter()
         conn.request(
-            "POST", path, body=BODY, headers={"Content-Type": "application/json", **headers}
+            "POST", path, body=body, headers={"Content-Type": "application/json", **headers}
         )
         r = conn.getresponse()
         r.read()
@@ -114,11 +172,33 @@ def sequential_p50_ms(port: int, path: str, headers: dict) -> float:
     return statistics.median(samples)
 
 
-def wrk(port: int, path: str, headers: dict) -> tuple[float, float]:
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and all its descendants, from /proc: what a
+    gateway spends, whatever else the machine is doing meanwhile."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, grew = {pid}, True
+    while grew:
+        more = {p for p, parent in parents.items() if parent in tree} - tree
+        tree, grew = tree | more, bool(more)
+    return sum(times.get(p, 0.0) for p in tree)
+
+
+def wrk(port: int, path: str, headers: dict, body: str = BODY) -> tuple[float, float]:
     script = Path(tempfile.mkdtemp()) / "post.lua"
     lines = [
         'wrk.method = "POST"',
-        f"wrk.body = {json.dumps(BODY)}",
+        f"wrk.body = {json.dumps(body)}",
         'wrk.headers["Content-Type"] = "application/json"',
     ]
     lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
@@ -142,6 +222,7 @@ def wrk(port: int, path: str, headers: dict) -> tuple[float, float]:
         check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    wrk.requests = int(re.search(r"(\d+) requests in", out).group(1))
     m = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     p99 = float(m.group(1)) * {"us": 0.001, "ms": 1, "s": 1000}[m.group(2)]
     if "Non-2xx" in out:
@@ -181,9 +262,24 @@ def install_peers() -> tuple[str, Path]:
     return litellm, portkey
 
 
-def main():
+def ensure_wrk() -> None:
+    """Install wrk with apt-get when it is missing (reading the package lists first if
+    this machine has none yet)."""
+    if shutil.which("wrk"):
+        return
+    print("installing wrk for the bench (once)…", flush=True)
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = [*sudo, "apt-get", "install", "-y", "-q", "wrk"]
+    if subprocess.run(install, env=env, capture_output=True).returncode != 0:
+        subprocess.run([*sudo, "apt-get", "update", "-q"], env=env, capture_output=True)
+        subprocess.run(install, env=env, capture_output=True)
     if not shutil.which("wrk"):
-        raise SystemExit("wrk is needed: apt-get install wrk")
+        raise SystemExit("wrk is needed and could not be installed: apt-get install wrk")
+
+
+def main():
+    ensure_wrk()
     db_url = django_on_postgres()
     from django.contrib.auth import get_user_model
 
@@ -230,7 +326,12 @@ def main():
         url=up,
         handle="bench",
     )
-    _key, raw = api_key_create(organization=org, user=user, name="bench")
+    key, raw = api_key_create(organization=org, user=user, name="bench")
+    # Limits on, set far above what the bench reaches: every request is counted against
+    # them, as in production, without any being refused.
+    ApiKey.objects.filter(pk=key.pk).update(
+        requests_per_minute=2_000_000_000, tokens_per_minute=2_000_000_000
+    )
 
     procs = []
     env = {**os.environ, "DATABASE_URL": db_url, "LOG_LEVEL": "WARNING"}
@@ -251,6 +352,7 @@ def main():
                 "--log-level",
                 "warning",
                 "--no-access-log",
+                "--no-proxy-headers",
             ],
             cwd=ROOT,
             env=env,
@@ -259,6 +361,7 @@ def main():
         )
     )
     peers = {"gantry": (gantry_port, "/v1/chat/completions", {"Authorization": f"Bearer {raw}"})}
+    pids = {"gantry": procs[-1].pid}
 
     litellm, portkey = install_peers()
     if Path(litellm).exists():
@@ -304,6 +407,7 @@ def main():
                 stderr=subprocess.DEVNULL,
             )
         )
+        pids["litellm"] = procs[-1].pid
         peers["litellm"] = (
             litellm_port,
             "/v1/chat/completions",
@@ -319,6 +423,7 @@ def main():
                 stderr=subprocess.DEVNULL,
             )
         )
+        pids["portkey"] = procs[-1].pid
         peers["portkey"] = (
             portkey_port,
             "/v1/chat/completions",
@@ -334,44 +439,93 @@ def main():
             if not wait_http(port, health, timeout=120):
                 raise SystemExit(f"{name} did not start on port {port}")
         direct = sequential_p50_ms(upstream_port, "/v1/chat/completions", {})
+        direct_rps, _ = wrk(upstream_port, "/v1/chat/completions", {})
         results = {}
         for name, (port, path, headers) in peers.items():
             seq = sequential_p50_ms(port, path, headers)
+            before = cpu_seconds(pids[name])
             rps, p99 = wrk(port, path, headers)
-            results[name] = {"rps": rps, "added": seq - direct, "p99": p99}
+            between = cpu_seconds(pids[name])
+            cpu_us = (between - before) / max(wrk.requests, 1) * 1e6
+            stream_rps, stream_p99 = wrk(port, path, headers, STREAM_BODY)
+            stream_cpu_us = (cpu_seconds(pids[name]) - between) / max(wrk.requests, 1) * 1e6
+            results[name] = {
+                "rps": rps,
+                "added": seq - direct,
+                "p99": p99,
+                "stream_rps": stream_rps,
+                "stream_p99": stream_p99,
+                "cpu_us": cpu_us,
+                "stream_cpu_us": stream_cpu_us,
+            }
     finally:
         for p in procs:
             p.terminate()
         for p in procs:
             with __import__("contextlib").suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=15)
+    metered = metered_streams(d.pk)
 
     print(
         f"wrk -t1 -c{CONCURRENCY} -d{SECONDS}s; gateways on core 1, upstream and wrk on "
-        f"core 0; direct upstream sequential p50 {direct:.3f} ms"
+        f"core 0; direct upstream {direct_rps:.0f} requests/s, sequential p50 {direct:.3f} ms"
     )
-    print(f"{'gateway':<10}{'req/s':>10}{'added p50 ms':>14}{'p99 at load ms':>16}")
+    print(
+        f"{'gateway':<10}{'req/s':>10}{'added p50 ms':>14}{'p99 at load ms':>16}"
+        f"{'stream req/s':>14}{'stream p99 ms':>15}{'CPU µs/req':>12}{'stream CPU µs/req':>19}"
+    )
     for name, r in results.items():
-        print(f"{name:<10}{r['rps']:>10.0f}{r['added']:>14.3f}{r['p99']:>16.2f}")
+        print(
+            f"{name:<10}{r['rps']:>10.0f}{r['added']:>14.3f}{r['p99']:>16.2f}"
+            f"{r['stream_rps']:>14.0f}{r['stream_p99']:>15.2f}"
+            f"{r['cpu_us']:>12.0f}{r['stream_cpu_us']:>19.0f}"
+        )
     g = results["gantry"]
     pk = results.get("portkey")
     ll = results.get("litellm")
     print(
         "ratios: "
         + ", ".join(
-            f"gantry/{n} {g['rps'] / r['rps']:.2f}×" for n, r in results.items() if n != "gantry"
+            f"gantry/{n} {ratio(g['rps'], r['rps']):.2f}× "
+            f"(streamed {ratio(g['stream_rps'], r['stream_rps']):.2f}×)"
+            for n, r in results.items()
+            if n != "gantry"
         )
     )
+    print(f"streamed requests Gantry metered into the ledger: {metered}")
     nan = float("nan")
     print(
-        f"RESULT gantry_rps={g['rps']:.0f} litellm_rps={ll['rps'] if ll else nan:.0f} "
-        f"portkey_rps={pk['rps'] if pk else nan:.0f} "
-        f"rps_vs_portkey={g['rps'] / pk['rps'] if pk else nan:.2f} "
-        f"rps_vs_litellm={g['rps'] / ll['rps'] if ll else nan:.2f} "
+        f"RESULT gantry_rps={g['rps']:.0f} portkey_rps={pk['rps'] if pk else nan:.0f} "
+        f"litellm_rps={ll['rps'] if ll else nan:.0f} "
+        f"rps_vs_portkey={ratio(g['rps'], pk['rps']) if pk else nan:.2f} "
+        f"rps_vs_litellm={ratio(g['rps'], ll['rps']) if ll else nan:.2f} "
+        f"stream_rps_vs_portkey={ratio(g['stream_rps'], pk['stream_rps']) if pk else nan:.2f} "
+        f"direct_rps={direct_rps:.0f} "
         f"gantry_seq_added_p50_ms={g['added']:.3f} "
+        f"gantry_stream_rps={g['stream_rps']:.0f} "
+        f"portkey_stream_rps={pk['stream_rps'] if pk else nan:.0f} "
+        f"litellm_stream_rps={ll['stream_rps'] if ll else nan:.0f} "
+        f"gantry_cpu_us_per_req={g['cpu_us']:.0f} "
+        f"gantry_stream_cpu_us_per_req={g['stream_cpu_us']:.0f} "
+        f"portkey_cpu_us_per_req={pk['cpu_us'] if pk else nan:.0f} "
+        f"portkey_stream_cpu_us_per_req={pk['stream_cpu_us'] if pk else nan:.0f} "
         f"portkey_seq_added_p50_ms={pk['added'] if pk else nan:.3f} "
         f"litellm_seq_added_p50_ms={ll['added'] if ll else nan:.3f}"
     )
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def metered_streams(deployment_id: int) -> int:
+    """Requests the gateway metered as streamed-with-usage, counted from the ledger after
+    the gateway stopped (it writes what it holds on shutdown)."""
+    from billing.models import UsageRecord
+
+    return UsageRecord.objects.filter(
+        deployment_id=deployment_id, kind="output_tokens", quantity=5
+    ).count()
 
 
 if __name__ == "__main__":

@@ -14,6 +14,11 @@ class UsageKind(models.TextChoices):
     CREDIT = "credit", "Credit"
 
 
+class TokenSource(models.TextChoices):
+    ENGINE = "engine", "Reported by the engine"
+    COUNTED = "counted", "Counted by the gateway"
+
+
 class BillingAccount(models.Model):
     class Status(models.TextChoices):
         ACTIVE = "active", "Active"
@@ -129,6 +134,12 @@ class UsageRecord(models.Model):
     region = models.CharField(max_length=32, blank=True)
     gpu_type = models.CharField(max_length=32, blank=True)
     model = models.CharField(max_length=100, blank=True)
+    token_source = models.CharField(
+        max_length=8,
+        choices=TokenSource.choices,
+        blank=True,
+        help_text="For token usage: reported by the engine, or counted by the gateway.",
+    )
     idempotency_key = models.CharField(max_length=200, unique=True)
     invoice = models.ForeignKey(
         "Invoice", on_delete=models.PROTECT, null=True, blank=True, related_name="records"

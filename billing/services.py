@@ -18,6 +18,7 @@ from billing.models import (
     GpuQuota,
     Quota,
     TokenRate,
+    TokenSource,
     UsageDay,
     UsageKind,
     UsageRecord,
@@ -244,8 +245,9 @@ def meter_tokens(
 
 
 def meter_tokens_many(items: list[dict]) -> None:
-    """Token usage of many requests (the keys of `meter_tokens`), priced at the rate in
-    force and written in one ledger batch, keyed by request so a replay counts once."""
+    """Token usage of many requests (the keys of `meter_tokens`, plus an optional
+    `source`: a TokenSource, "engine" when absent), priced at the rate in force and written
+    in one ledger batch, keyed by request so a replay counts once."""
     rates: dict = {}
     rows = []
     for item in items:
@@ -271,6 +273,7 @@ def meter_tokens_many(items: list[dict]) -> None:
                         deployment_id=item["deployment_id"],
                         deployment_name=item["deployment_name"],
                         model=model,
+                        token_source=item.get("source", TokenSource.ENGINE),
                         idempotency_key=f"tok:{item['request_id']}:{kind}",
                     )
                 )
@@ -289,6 +292,7 @@ _INGEST_COLUMNS = [
     "region",
     "gpu_type",
     "model",
+    "token_source",
     "idempotency_key",
 ]
 

@@ -153,6 +153,13 @@ class Deployment(models.Model):
     scale_to_zero_after_s = models.PositiveIntegerField(
         null=True, blank=True, help_text="Scale to zero after this long without requests."
     )
+    asleep = models.BooleanField(
+        default=False,
+        help_text=(
+            "At zero replicas because the autoscaler put it to sleep when idle: the next "
+            "request wakes it. A deployment a person (or the spend limit) stopped stays down."
+        ),
+    )
     source = models.CharField(
         max_length=200,
         blank=True,

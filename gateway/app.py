@@ -17,8 +17,9 @@ from starlette.routing import Route as Path
 from gateway import handlers
 from gateway.auth import Auth, Caller
 from gateway.control import Load
+from gateway.counting import answer_text, count_completion, count_prompt
 from gateway.limits import Limiter
-from gateway.metering import Meter, usage_counts
+from gateway.metering import COUNTED, ENGINE, Meter, usage_counts
 from gateway.metrics import Metrics
 from gateway.relay import Relay
 from gateway.routes import Route, Target
@@ -40,6 +41,7 @@ class Gateway:
         self.meter = Meter()
         self.load = Load()
         self.metrics = Metrics()
+        self.tasks: set[asyncio.Task] = set()  # bookkeeping still under way (see `spawn`)
 
     def begin(self, route: Route, target: Target) -> None:
         self.router.in_flight[target.replica_id] += 1
@@ -51,13 +53,43 @@ class Gateway:
         self.load.in_flight[route.deployment_id] -= 1
         self.metrics.in_flight.labels(str(target.replica_id)).dec()
 
+    def spawn(self, work) -> None:
+        """Run `work` off the request path; shutdown waits for it like for a stream."""
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
     async def settle(
-        self, caller: Caller, route: Route, status: int, usage: dict | None, started: float
+        self,
+        caller: Caller,
+        route: Route,
+        target: Target,
+        *,
+        status: int,
+        usage: dict | None,
+        started: float,
+        body: dict,
+        streamed_tokens: int | None = None,
+        answer: dict | None = None,
     ) -> None:
-        """Account for a finished answer. The meter comes first: it only queues, so nothing
-        after it (a limiter whose Redis is down) can keep the usage from the ledger."""
-        prompt, completion = usage_counts(usage)
-        self.meter.record(route, prompt, completion)
+        """Account for a finished (or aborted) answer: the engine's usage when it reported
+        a sane one, else the tokens counted (`counting`). An answer the engine refused
+        (not 200) and reported nothing for generated nothing to bill."""
+        counts, source = usage_counts(usage), ENGINE
+        if counts is None:
+            counts, source = (0, 0), COUNTED
+            if status == 200:
+                session = self.relay.session()
+                prompt = await count_prompt(session, target, body)
+                if streamed_tokens is None:
+                    completion = await count_completion(session, target, answer_text(answer or {}))
+                else:
+                    completion = streamed_tokens
+                counts = (prompt, completion)
+        prompt, completion = counts
+        # The meter comes first: it only queues, so nothing after it (a limiter whose Redis
+        # is down) can keep the usage from the ledger.
+        self.meter.record(route, prompt, completion, source=source)
         self.metrics.tokens.labels(route.name, "input").inc(prompt)
         self.metrics.tokens.labels(route.name, "output").inc(completion)
         seconds = time.perf_counter() - started
@@ -80,7 +112,8 @@ class Gateway:
         finally:
             # Order matters: answers under way finish first, so their usage is queued
             # before the meter writes out what it holds; the session closes last.
-            await self.relay.drain(SHUTDOWN_DRAIN_S)
+            if under_way := self.relay.pumps | self.tasks:
+                await asyncio.wait(under_way, timeout=SHUTDOWN_DRAIN_S)
             reporter.cancel()
             await asyncio.gather(reporter, return_exceptions=True)
             await self.meter.stop()

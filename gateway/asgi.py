@@ -1,4 +1,10 @@
-"""`uvicorn gateway.asgi:app` — the gateway process."""
+"""`uvicorn gateway.asgi:app --no-proxy-headers` — the gateway process.
+
+Without `--no-proxy-headers` uvicorn itself would take the client's address from
+`X-Forwarded-For` on any request from 127.0.0.1 (its FORWARDED_ALLOW_IPS default), before
+the gateway could judge it; the gateway believes forwarded headers only from
+GATEWAY_TRUSTED_PROXIES.
+"""
 
 import os
 

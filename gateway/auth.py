@@ -1,15 +1,18 @@
 """Who is calling: the bearer API key, checked against its HMAC digest, and whether the
 caller's organization may spend now. Both answers are cached for a few seconds, misses
-included, so neither a busy key nor a wrong one costs a database read per request.
+included (unknown keys for longer), so neither a busy key nor a wrong one costs a
+database read per request.
 
 The raw key is only ever a cache key in memory; it is never logged or sent on.
 """
 
+import asyncio
 from dataclasses import dataclass
 
+from django.conf import settings
 from starlette.requests import Request
 
-from gateway.cache import Cache
+from gateway.cache import Cache, KeyCache
 from gateway.db import db
 from portal.models import ApiKey
 from portal.tokens import api_key_digest, looks_like_api_key
@@ -64,21 +67,54 @@ def bearer(request: Request) -> str:
 
 
 class Auth:
+    """Key lookups are coalesced — concurrent requests with the same unknown-to-the-cache
+    key share one database read — and at most GATEWAY_DB_CONCURRENCY of them run at once,
+    so a flood of made-up keys queues here instead of opening a database connection each.
+    Keys that cannot be ours (wrong shape) never reach the database at all."""
+
     def __init__(self):
-        self.keys = Cache(ttl=KEY_TTL_S)
+        self.keys = KeyCache(
+            size=int(getattr(settings, "GATEWAY_KEY_CACHE_SIZE", 10_000)),
+            ttl=KEY_TTL_S,
+            negative_ttl=float(getattr(settings, "GATEWAY_KEY_NEGATIVE_TTL_S", 60.0)),
+        )
         self.spend = Cache(ttl=SPEND_TTL_S)
+        self.db_slots = asyncio.Semaphore(int(getattr(settings, "GATEWAY_DB_CONCURRENCY", 4)))
+        self.lookups: dict[str, asyncio.Future] = {}  # key -> the lookup under way
+        self.db_reads = 0  # key lookups that reached the database, for tests and metrics
 
     async def caller(self, request: Request) -> Caller | None:
         raw = bearer(request)
         hit, value = self.keys.get(raw)
-        if not hit:
-            value = await db(key_lookup)(raw)
+        if hit:
+            return value
+        if not looks_like_api_key(raw):
+            return None  # costs nothing to tell again; kept out of the cache of real keys
+        if raw in self.lookups:
+            return await asyncio.shield(self.lookups[raw])
+        future = asyncio.get_running_loop().create_future()
+        self.lookups[raw] = future
+        try:
+            async with self.db_slots:
+                self.db_reads += 1
+                value = await db(key_lookup)(raw)
             self.keys.put(raw, value)
+            future.set_result(value)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters get it, an unawaited one is not logged
+            raise
+        finally:
+            del self.lookups[raw]
         return value
 
     async def spend_block(self, organization_id: int) -> str:
         hit, blocked = self.spend.get(organization_id)
         if not hit:
-            blocked = await db(spend_blocked)(organization_id)
+            async with self.db_slots:
+                blocked = await db(spend_blocked)(organization_id)
             self.spend.put(organization_id, blocked)
         return blocked

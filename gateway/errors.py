@@ -62,6 +62,15 @@ def model_waking(name: str) -> JSONResponse:
     )
 
 
+def model_stopped(name: str) -> JSONResponse:
+    return error(
+        503,
+        f"`{name}` is stopped; its owners can start it again.",
+        "server_error",
+        "model_stopped",
+    )
+
+
 def model_not_ready(name: str, status: str) -> JSONResponse:
     return error(
         503,
@@ -79,4 +88,13 @@ def model_unreachable(name: str) -> JSONResponse:
         "server_error",
         "model_unreachable",
         headers={"Retry-After": "2"},
+    )
+
+
+def answer_too_large() -> JSONResponse:
+    return error(
+        502,
+        "The engine's answer is larger than the gateway accepts.",
+        "server_error",
+        "bad_gateway",
     )

@@ -1,26 +1,30 @@
 """The gateway's endpoints. Each reads the app's `Gateway` from `request.app.state`.
 
-A proxied request goes: key → spend limit → rate limit → route → replicas (waking a
-deployment scaled to zero) → the first replica that answers → bookkeeping when the answer
-is complete. Refusals happen before anything is sent to an engine, so a refused request
-costs nothing and is never metered.
+A proxied request goes: key → body (bounded, fields checked) → spend limit → rate limit →
+route → replicas (waking a deployment scaled to zero) → the first replica that answers →
+bookkeeping when the answer is complete, or broken off. Refusals happen before anything is
+sent to an engine, so a refused request costs nothing and is never metered.
 """
 
 import asyncio
+import hmac
 import json
 import logging
 import time
 
+from django.conf import settings
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from gateway import errors
-from gateway.auth import Caller
+from gateway.auth import Caller, bearer
 from gateway.control import wake
 from gateway.db import db
+from gateway.metering import usage_counts
 from gateway.metrics import CONTENT_TYPE
-from gateway.relay import UNREACHABLE
+from gateway.relay import UNREACHABLE, AnswerTooLarge
 from gateway.routes import Route, Target
+from gateway.validation import Invalid, parse, read_body
 
 log = logging.getLogger("gateway")
 
@@ -54,6 +58,16 @@ async def models(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
+    """Prometheus metrics name every organization's deployments, so they are for the
+    operators' scraper only: with GATEWAY_METRICS_TOKEN as its bearer token, or not at all
+    (404: there is nothing here for anyone else to find)."""
+    token = getattr(settings, "GATEWAY_METRICS_TOKEN", "")
+    if not token:
+        return errors.error(404, "Not found.", "invalid_request_error", "not_found")
+    if not hmac.compare_digest(bearer(request).encode(), token.encode()):
+        return errors.error(
+            401, "A metrics token is needed.", "invalid_request_error", "invalid_api_key"
+        )
     return Response(request.app.state.gateway.metrics.render(), media_type=CONTENT_TYPE)
 
 
@@ -68,9 +82,9 @@ async def proxy(request: Request, path: str) -> Response:
     if caller is None:
         return errors.invalid_key()
     try:
-        body = json.loads(await request.body())
-    except ValueError:
-        return errors.invalid_json()
+        body = parse(await read_body(request))
+    except Invalid as e:
+        return errors.error(e.status, e.message, "invalid_request_error", e.code, param=e.param)
     if blocked := await gw.auth.spend_block(caller.organization_id):
         return errors.spend_limit(blocked)
     wait = await gw.limiter.admit(
@@ -78,7 +92,7 @@ async def proxy(request: Request, path: str) -> Response:
     )
     if wait is not None:
         return errors.rate_limited(wait)
-    name = str(body.get("model", ""))
+    name = body["model"]
     route = (await gw.router.table(caller.organization_id)).get(name)
     if route is None:
         return errors.model_not_found(name)
@@ -86,10 +100,10 @@ async def proxy(request: Request, path: str) -> Response:
     if isinstance(found, Response):
         return found
     route, targets = found
-    stream = bool(body.get("stream"))
+    stream = body.get("stream") is True
     if stream:
         # Ask the engine for a final usage event; engines that ignore this (llama.cpp's
-        # server) send none.
+        # server) send none, and the gateway counts instead.
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
     payload = json.dumps(body).encode()
     gw.load.requests[route.deployment_id] += 1
@@ -105,55 +119,99 @@ async def proxy(request: Request, path: str) -> Response:
             continue
         gw.metrics.ttft.labels(name).observe(time.perf_counter() - started)
         headers = {"x-gantry-region": target.region}
+        status = upstream.status
         if stream:
             return StreamingResponse(
                 gw.relay.stream(
-                    upstream, done=finished(gw, caller, route, target, upstream.status, started)
+                    upstream, stream_done(gw, caller, route, target, status, started, body)
                 ),
-                status_code=upstream.status,
+                status_code=status,
                 media_type="text/event-stream",
                 headers=headers,
             )
         try:
             data = await gw.relay.read(upstream)
+        except AnswerTooLarge:
+            log.warning("replica %s answered more than the gateway reads", target.url)
+            # The engine did the work: its prompt, at least, is counted and metered.
+            gw.spawn(
+                gw.settle(
+                    caller,
+                    route,
+                    target,
+                    status=status,
+                    usage=None,
+                    started=started,
+                    body=body,
+                    answer={},
+                )
+            )
+            return errors.answer_too_large()
         finally:
             gw.end(route, target)
-        await gw.settle(caller, route, upstream.status, usage_of(data), started)
-        return Response(
-            data, status_code=upstream.status, media_type="application/json", headers=headers
+        answer = answer_of(data)
+        settle = gw.settle(
+            caller,
+            route,
+            target,
+            status=status,
+            usage=answer.get("usage"),
+            started=started,
+            body=body,
+            answer=answer,
         )
+        if status == 200 and usage_counts(answer.get("usage")) is None:
+            gw.spawn(settle)  # counting asks the engine's tokenizer: not on the request path
+        else:
+            await settle
+        return Response(data, status_code=status, media_type="application/json", headers=headers)
     return errors.model_unreachable(name)
 
 
-def finished(gw, caller: Caller, route: Route, target: Target, status: int, started: float):
-    """What the relay calls when a stream has been read to its end (or broke off)."""
+def stream_done(
+    gw, caller: Caller, route: Route, target: Target, status: int, started: float, body: dict
+):
+    """What the relay calls once a stream has been read to its end (or broke off), with
+    the engine's usage if it sent any and the tokens it streamed."""
 
-    async def done(usage: dict) -> None:
+    async def done(usage: dict | None, tokens: int) -> None:
         gw.end(route, target)
-        await gw.settle(caller, route, status, usage, started)
+        await gw.settle(
+            caller,
+            route,
+            target,
+            status=status,
+            usage=usage,
+            started=started,
+            body=body,
+            streamed_tokens=tokens,
+        )
 
     return done
 
 
-def usage_of(data: bytes) -> dict | None:
+def answer_of(data: bytes) -> dict:
     try:
         answer = json.loads(data)
     except ValueError:
-        return None
-    return answer.get("usage") if isinstance(answer, dict) else None
+        return {}
+    return answer if isinstance(answer, dict) else {}
 
 
 async def targets_or_wait(
     request: Request, caller: Caller, route: Route
 ) -> tuple[Route, list[Target]] | Response:
-    """The route's replicas in order of preference; when it has none running, wake it if it
-    sleeps at zero replicas and hold the client for as long as its `X-Scale-Up-Timeout`
-    says (none: answer 503 at once)."""
+    """The route's replicas in order of preference; when it has none running, wake it if
+    the autoscaler put it to sleep (never one a person stopped: any key may wake, so it
+    must not restart what an admin turned off) and hold the client for as long as its
+    `X-Scale-Up-Timeout` says (none: answer 503 at once)."""
     gw = request.app.state.gateway
     targets = await gw.router.ordered(request, route)
     if targets:
         return route, targets
-    waking = route.desired == 0
+    if route.desired == 0 and not route.asleep:
+        return errors.model_stopped(route.name)
+    waking = route.asleep
     if waking:
         await db(wake)(route.deployment_id)
     try:

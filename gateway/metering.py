@@ -26,22 +26,28 @@ from gateway.routes import Route
 log = logging.getLogger("gateway.metering")
 
 BATCH_MAX = 5000
+# Where a request's token counts come from, as the ledger records it.
+ENGINE = "engine"  # the engine reported them
+COUNTED = "counted"  # the engine did not: the gateway counted them (see `counting`)
 # Usage counts above this are not a single request's: an engine reporting them is broken.
 MAX_TOKENS_PER_REQUEST = 10_000_000
 
 
-def usage_counts(usage: dict | None) -> tuple[int, int]:
-    """(prompt tokens, completion tokens) an engine reported, each kept only when it is a
-    whole number within bounds; anything else counts as 0 (never a negative, never a
-    credit)."""
+def usage_counts(usage) -> tuple[int, int] | None:
+    """(prompt tokens, completion tokens) as an engine reported them, or None when it
+    reported none or something that is not a pair of whole numbers within bounds: such
+    usage is never believed (a negative count would be a credit) — it is counted instead.
+    """
 
-    def count(value) -> int:
+    def count(value) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value if 0 <= value <= MAX_TOKENS_PER_REQUEST else 0
-        return 0
+            return value if 0 <= value <= MAX_TOKENS_PER_REQUEST else None
+        return None
 
-    usage = usage if isinstance(usage, dict) else {}
-    return count(usage.get("prompt_tokens")), count(usage.get("completion_tokens"))
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = count(usage.get("prompt_tokens")), count(usage.get("completion_tokens"))
+    return None if prompt is None or completion is None else (prompt, completion)
 
 
 def write_usage(batch: list[dict]) -> None:
@@ -72,7 +78,9 @@ class Meter:
         self.failures = 0  # failed writes so far, for logs and tests
         self.task: asyncio.Task | None = None
 
-    def record(self, route: Route, input_tokens: int, output_tokens: int) -> None:
+    def record(
+        self, route: Route, input_tokens: int, output_tokens: int, *, source: str = ENGINE
+    ) -> None:
         if not (input_tokens or output_tokens):
             return
         self.queue.put_nowait(
@@ -85,6 +93,7 @@ class Meter:
                 "input_tokens": input_tokens,
                 "output_tokens": output_tokens,
                 "at": datetime.now(UTC),
+                "source": source,
             }
         )
 

@@ -4,20 +4,35 @@ One aiohttp client session per app, made on first use inside the running loop: o
 path (many small proxied requests) aiohttp spends far less CPU per request than httpx,
 which is what the gateway's throughput comes down to. Compressed answers pass through as
 they are (no decompression), so the client gets exactly the engine's bytes.
+
+Answers are read with a bound (GATEWAY_MAX_ANSWER_BYTES): a whole answer, or one event of
+a stream, over it is cut off, so a broken or hostile engine cannot make the gateway hold
+unbounded memory.
 """
 
 import asyncio
-import contextlib
-import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
+from django.conf import settings
 
+from gateway.counting import read_event
 from gateway.routes import Target
+
+log = logging.getLogger("gateway.relay")
 
 # Failures before the first byte: the request never reached an engine, so another replica
 # may be tried without running it twice.
 UNREACHABLE = (TimeoutError, aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError)
+
+
+class AnswerTooLarge(Exception):
+    pass
+
+
+def max_answer_bytes() -> int:
+    return int(getattr(settings, "GATEWAY_MAX_ANSWER_BYTES", 64 * 1024 * 1024))
 
 
 def upstream_headers(target: Target) -> dict[str, str]:
@@ -27,17 +42,6 @@ def upstream_headers(target: Target) -> dict[str, str]:
     if target.secret:
         headers["authorization"] = f"Bearer {target.secret}"
     return headers
-
-
-def usage_in_event(line: bytes) -> dict | None:
-    """The `usage` object of one server-sent event line, if it carries one."""
-    if not (line.startswith(b"data:") and b'"usage"' in line):
-        return None
-    with contextlib.suppress(ValueError, AttributeError):
-        found = json.loads(line[5:].strip()).get("usage")
-        if isinstance(found, dict) and found:
-            return found
-    return None
 
 
 class Relay:
@@ -64,37 +68,52 @@ class Relay:
 
     @staticmethod
     async def read(upstream: aiohttp.ClientResponse) -> bytes:
+        """The whole answer; AnswerTooLarge past the bound (read no further)."""
+        limit = max_answer_bytes()
         try:
-            return await upstream.read()
+            if (upstream.content_length or 0) > limit:
+                raise AnswerTooLarge
+            chunks, size = [], 0
+            async for chunk in upstream.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    raise AnswerTooLarge
+                chunks.append(chunk)
+            return b"".join(chunks)
         finally:
             upstream.release()
 
     def stream(
         self,
         upstream: aiohttp.ClientResponse,
-        done: Callable[[dict], Awaitable[None]],
+        done: Callable[[dict | None, int], Awaitable[None]],
     ) -> AsyncIterator[bytes]:
         """The engine's answer, chunk by chunk as it comes. The engine is read by a task of
         its own, to the end, whatever the client does: if the client walks away half-way,
-        the engine's final usage event is still read and `done(usage)` still runs — that
-        is what makes an aborted stream metered."""
+        the rest is still read — the engine's final usage event, or the tokens counted —
+        and `done(usage, tokens)` still runs. That is what makes an aborted stream
+        metered. The task starts now, not when the client starts reading, so it runs even
+        if the client is gone before the first byte."""
         queue: asyncio.Queue = asyncio.Queue()
-        usage: dict = {}
+        limit = max_answer_bytes()
 
         async def pump() -> None:
-            buffer = b""
+            buffer, usage, tokens = b"", None, 0
             try:
                 async for chunk in upstream.content.iter_any():
                     buffer += chunk
                     *lines, buffer = buffer.split(b"\n")
+                    if len(buffer) > limit or any(len(line) > limit for line in lines):
+                        log.warning("an engine event is over %d bytes; stream cut off", limit)
+                        break
                     for line in lines:
-                        if found := usage_in_event(line):
-                            usage.update(found)
+                        found, n = read_event(line)
+                        usage, tokens = found or usage, tokens + n
                     queue.put_nowait(chunk)
             finally:
                 queue.put_nowait(None)
                 upstream.release()
-                await done(usage)
+                await done(usage, tokens)
 
         task = asyncio.get_running_loop().create_task(pump())
         self.pumps.add(task)
@@ -105,11 +124,6 @@ class Relay:
                 yield chunk
 
         return chunks()
-
-    async def drain(self, timeout: float) -> None:
-        """Let the answers under way finish (their usage is metered when they do)."""
-        if self.pumps:
-            await asyncio.wait(self.pumps, timeout=timeout)
 
     async def close(self) -> None:
         if self._session is not None:

@@ -2,8 +2,9 @@
 its running replicas ordered nearest region first, then fewest requests in flight from this
 process, then replica id (so ties always break the same way).
 
-The client's region comes from the `X-Gantry-Region` header or, failing that, from the
-client address through GATEWAY_REGION_CIDRS ("10.1.0.0/16=eu-west,…").
+The client's region comes from the client address through GATEWAY_REGION_CIDRS
+("10.1.0.0/16=eu-west,…"); from a trusted proxy (GATEWAY_TRUSTED_PROXIES), its
+`X-Gantry-Region` header or the client address it forwards in `X-Forwarded-For`.
 """
 
 import ipaddress
@@ -29,6 +30,13 @@ def distance_km(a: tuple[float, float], b: tuple[float, float]) -> float:
     return 6371 * 2 * math.asin(math.sqrt(h))
 
 
+def networks(spec: str) -> list:
+    return [
+        ipaddress.ip_network(cidr, strict=False)
+        for cidr in filter(None, (s.strip() for s in spec.split(",")))
+    ]
+
+
 class CidrTable:
     """GATEWAY_REGION_CIDRS: "10.1.0.0/16=eu-west,192.168.0.0/16=us-east"."""
 
@@ -49,11 +57,20 @@ class CidrTable:
         return ""
 
 
+def _within(ip: str, nets: list) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(addr in net for net in nets)
+
+
 class Router:
     def __init__(self):
         self.tables = Cache(ttl=route_ttl())
         self.locations = Cache(ttl=LOCATIONS_TTL_S)
         self.cidrs = CidrTable(getattr(settings, "GATEWAY_REGION_CIDRS", ""))
+        self._trusted: tuple[str, list] = ("", [])
         # Requests this process has in flight per replica: the least-busy tie-break.
         self.in_flight: dict[int, int] = defaultdict(int)
 
@@ -75,10 +92,28 @@ class Router:
             self.locations.put("all", value)
         return value
 
+    def trusted(self) -> list:
+        # Read through the settings each time (a string compare), parsed only on change.
+        spec = getattr(settings, "GATEWAY_TRUSTED_PROXIES", "")
+        if spec != self._trusted[0]:
+            self._trusted = (spec, networks(spec))
+        return self._trusted[1]
+
     def client_region(self, request: Request) -> str:
-        return request.headers.get("x-gantry-region") or self.cidrs.region_of(
-            request.client.host if request.client else ""
-        )
+        """The region a request comes from. Its headers are believed only when it comes
+        through a trusted proxy: anyone else could name any region (and jump a queue, or
+        pull traffic to another continent) by sending `X-Gantry-Region` themselves."""
+        peer = request.client.host if request.client else ""
+        trusted = self.trusted()
+        if not _within(peer, trusted):
+            return self.cidrs.region_of(peer)
+        if region := request.headers.get("x-gantry-region", "").strip():
+            return region
+        # X-Forwarded-For lists the hops in order; each proxy appends the address it saw.
+        # The client is the last one no trusted proxy could have written.
+        hops = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",")]
+        client = next((h for h in reversed(hops) if h and not _within(h, trusted)), peer)
+        return self.cidrs.region_of(client)
 
     async def ordered(self, request: Request, route: Route) -> list[Target]:
         where = await self.region_table()

@@ -366,3 +366,13 @@ GATEWAY_REGION_CIDRS = env.str("GATEWAY_REGION_CIDRS", default="")
 GATEWAY_ROUTE_TTL_S = env.float("GATEWAY_ROUTE_TTL_S", default=2.0)
 # Shared rate-limit counters for several gateway processes; empty: kept in the process.
 GATEWAY_REDIS_URL = env.str("GATEWAY_REDIS_URL", default="")
+# Bearer token Prometheus sends to scrape /metrics; empty: /metrics answers 404.
+GATEWAY_METRICS_TOKEN = env.str("GATEWAY_METRICS_TOKEN", default="")
+# Proxies (CIDRs) whose X-Gantry-Region and X-Forwarded-For headers are believed.
+GATEWAY_TRUSTED_PROXIES = env.str("GATEWAY_TRUSTED_PROXIES", default="")
+GATEWAY_MAX_BODY_BYTES = env.int("GATEWAY_MAX_BODY_BYTES", default=4 * 1024 * 1024)
+GATEWAY_MAX_ANSWER_BYTES = env.int("GATEWAY_MAX_ANSWER_BYTES", default=64 * 1024 * 1024)
+GATEWAY_MAX_TOKENS = env.int("GATEWAY_MAX_TOKENS", default=1_000_000)
+GATEWAY_KEY_CACHE_SIZE = env.int("GATEWAY_KEY_CACHE_SIZE", default=10_000)
+GATEWAY_KEY_NEGATIVE_TTL_S = env.float("GATEWAY_KEY_NEGATIVE_TTL_S", default=60.0)
+GATEWAY_DB_CONCURRENCY = env.int("GATEWAY_DB_CONCURRENCY", default=4)

@@ -204,6 +204,7 @@ def deployment_scale(*, deployment: Deployment, replicas) -> Deployment:
         )
     Deployment.objects.filter(pk=d.pk).update(
         desired_replicas=replicas,
+        asleep=False,  # a person's choice: stopped stays stopped, started is awake
         failure_count=0,
         next_attempt_at=None,
         status=(

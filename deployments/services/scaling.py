@@ -39,19 +39,22 @@ def load_report(*, deployment_id: int, in_flight: float, requests: int, at=None)
 
 @transaction.atomic
 def deployment_wake(*, deployment_id: int, at=None) -> bool:
-    """A request came for a deployment scaled to zero: bring one replica back."""
+    """A request came for a deployment the autoscaler put to sleep: bring it back."""
     at = at or timezone.now()
     d = (
         Deployment.objects.select_for_update()
         .filter(pk=deployment_id, deleted_at__isnull=True)
         .first()
     )
-    if d is None or d.desired_replicas > 0:
+    # Only a deployment the autoscaler put to sleep is woken: one a person stopped stays
+    # stopped, whoever holds a key to it.
+    if d is None or d.desired_replicas > 0 or not d.asleep:
         return False
     target = max(d.min_replicas, 1)
     reserve_gpus(d.organization, d.gpu_type, gpus=target * d.gpus_per_replica)
     Deployment.objects.filter(pk=d.pk).update(
         desired_replicas=target,
+        asleep=False,
         failure_count=0,
         next_attempt_at=None,
         status=DeploymentStatus.PENDING,
@@ -106,7 +109,9 @@ def autoscale(*, now=None) -> int:
                         gpus=wanted * d.gpus_per_replica,
                         holding=current * d.gpus_per_replica,
                     )
-                Deployment.objects.filter(pk=d.pk).update(desired_replicas=wanted)
+                Deployment.objects.filter(pk=d.pk).update(
+                    desired_replicas=wanted, asleep=wanted == 0
+                )
                 event(d, "autoscaled", f"scaled {current} → {wanted} ({reason})")
                 enqueue_reconcile(d.pk)
         except ValidationError as exc:

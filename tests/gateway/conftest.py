@@ -4,12 +4,19 @@ import time
 
 import pytest
 import uvicorn
+from django.db.models import Sum
 
-from tests.deployments.conftest import (  # noqa: F401 - shared fixtures
-    _isolated_var,
-    local_pool,
-    replica_var,
-)
+from billing.models import UsageRecord
+from deployments.engines import DEMO_MODEL_REF
+from deployments.services import deployment_create
+from tests.conftest import owner_of
+from tests.deployments import conftest as deployments_fixtures
+from tests.deployments.conftest import reconcile_until
+
+# Shared fixtures (the engines' run folders, isolated per session; a local pool).
+_isolated_var = deployments_fixtures._isolated_var
+replica_var = deployments_fixtures.replica_var
+local_pool = deployments_fixtures.local_pool
 
 
 def free_port() -> int:
@@ -26,11 +33,18 @@ def gateway(transactional_db, settings):
 
     settings.GATEWAY_LOAD_REPORT_S = 0.2
     port = free_port()
+    app = create_app()
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            proxy_headers=False,  # as in the Procfile: the gateway judges forwarded headers
         )
     )
+    server.gateway = app.state.gateway  # what the app holds, for tests to look into
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -79,6 +93,7 @@ def gateway_processes(transactional_db, tmp_path, settings):
                         str(port),
                         "--log-level",
                         "warning",
+                        "--no-proxy-headers",
                     ],
                     cwd=root,
                     env=env,
@@ -102,3 +117,69 @@ def gateway_processes(transactional_db, tmp_path, settings):
         proc.terminate()
         proc.wait(timeout=20)
         log.close()
+
+
+@pytest.fixture
+def running(org_a, local_pool):
+    d = deployment_create(
+        organization=org_a,
+        user=owner_of(org_a),
+        name="chat",
+        model_ref=DEMO_MODEL_REF,
+        gpu_type="cpu",
+        regions=["local"],
+        engine_args=["--n_ctx", "512"],
+    )
+    reconcile_until(d, lambda d: d.status == "running", what="running")
+    return d
+
+
+def tokens(deployment, kind):
+    return (
+        UsageRecord.objects.filter(deployment_id=deployment.pk, kind=kind).aggregate(
+            q=Sum("quantity")
+        )["q"]
+        or 0
+    )
+
+
+def wait_for(predicate, timeout=15):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.fixture
+def upstream_route(org_a, local_pool):
+    """A deployment whose running replica is an engine that reports usage in streams."""
+    from deployments.models import Deployment, GpuType, Node, Region, Replica
+    from tests.gateway.upstream import start_upstream
+
+    server, thread = start_upstream()
+    d = Deployment.objects.create(
+        organization=org_a,
+        name="streamer",
+        model_ref="x/y",
+        engine="vllm",
+        gpu_type=GpuType.objects.get(code="cpu"),
+        regions=["local"],
+        status="running",
+    )
+    Replica.objects.create(
+        deployment=d,
+        ordinal=0,
+        region=Region.objects.get(code="local"),
+        pool=local_pool,
+        node=Node.objects.get(pool=local_pool),
+        gpus=0,
+        status="running",
+        url=server.url,
+        handle="external",
+    )
+    d.upstream = server  # what reached the engine: server.received
+    yield d
+    server.should_exit = True
+    thread.join(timeout=10)

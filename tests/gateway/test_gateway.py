@@ -2,48 +2,14 @@ import time
 
 import openai
 import pytest
-from django.db.models import Sum
 
-from billing.models import UsageRecord
 from deployments.engines import DEMO_MODEL_REF
 from deployments.services import deployment_create
 from tests.conftest import owner_of
 from tests.deployments.conftest import reconcile_until
+from tests.gateway.conftest import tokens, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def running(org_a, local_pool):
-    d = deployment_create(
-        organization=org_a,
-        user=owner_of(org_a),
-        name="chat",
-        model_ref=DEMO_MODEL_REF,
-        gpu_type="cpu",
-        regions=["local"],
-        engine_args=["--n_ctx", "512"],
-    )
-    reconcile_until(d, lambda d: d.status == "running", what="running")
-    return d
-
-
-def tokens(deployment, kind):
-    return (
-        UsageRecord.objects.filter(deployment_id=deployment.pk, kind=kind).aggregate(
-            q=Sum("quantity")
-        )["q"]
-        or 0
-    )
-
-
-def wait_for(predicate, timeout=15):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_openai_client_chat_and_completions_are_served_and_metered(
@@ -78,38 +44,6 @@ def test_llama_cpp_streams_pass_through_chunk_by_chunk(gateway, running, org_a, 
     )
     chunks = list(stream)
     assert len(chunks) > 2 and chunks[-1].choices[0].finish_reason in {"stop", "length"}
-
-
-@pytest.fixture
-def upstream_route(org_a, local_pool):
-    """A deployment whose running replica is an engine that reports usage in streams."""
-    from deployments.models import Deployment, GpuType, Node, Region, Replica
-    from tests.gateway.upstream import start_upstream
-
-    server, thread = start_upstream()
-    d = Deployment.objects.create(
-        organization=org_a,
-        name="streamer",
-        model_ref="x/y",
-        engine="vllm",
-        gpu_type=GpuType.objects.get(code="cpu"),
-        regions=["local"],
-        status="running",
-    )
-    Replica.objects.create(
-        deployment=d,
-        ordinal=0,
-        region=Region.objects.get(code="local"),
-        pool=local_pool,
-        node=Node.objects.get(pool=local_pool),
-        gpus=0,
-        status="running",
-        url=server.url,
-        handle="external",
-    )
-    yield d
-    server.should_exit = True
-    thread.join(timeout=10)
 
 
 def test_streams_meter_exactly_the_usage_the_engine_reports_even_if_the_client_aborts(
@@ -149,14 +83,21 @@ def test_errors_use_openai_shapes(gateway, running, org_a, org_b, api_client_for
     assert other.models.list().data == []
 
 
-def test_metrics_are_exposed_in_prometheus_format(gateway, running, org_a, api_client_for):
+def test_metrics_are_exposed_in_prometheus_format(
+    gateway, running, org_a, api_client_for, settings
+):
     import urllib.request
 
+    settings.GATEWAY_METRICS_TOKEN = "scrape-token-for-tests"
     client = openai.OpenAI(base_url=gateway.base_url, api_key=api_client_for(org_a).raw_key)
     client.chat.completions.create(
         model="chat", max_tokens=2, messages=[{"role": "user", "content": "hi"}]
     )
-    text = urllib.request.urlopen(gateway.base_url.replace("/v1", "/metrics")).read().decode()
+    scrape = urllib.request.Request(
+        gateway.base_url.replace("/v1", "/metrics"),
+        headers={"Authorization": "Bearer scrape-token-for-tests"},
+    )
+    text = urllib.request.urlopen(scrape).read().decode()
     assert 'gantry_gateway_requests_total{model="chat",status="200"} 1.0' in text
     assert "gantry_gateway_time_to_first_token_seconds_bucket" in text
 
@@ -223,19 +164,22 @@ def test_rate_and_spend_limits_hold_exactly_across_two_gateway_processes(
         assert headers.get("Retry-After")
 
 
-def test_nearest_region_first_and_failover_to_the_next_region(gateway, org_a, api_client_for):
-    """Two regions, one engine in each; the client's region picks its engine, and when
-    that engine dies mid-test the gateway answers from the other region instead."""
+def test_nearest_region_first_and_failover_to_the_next_region(
+    gateway, org_a, api_client_for, settings
+):
+    """Two regions, one engine in each; the client's region (named by a trusted proxy)
+    picks its engine, and when that engine dies mid-test the gateway answers from the
+    other region instead."""
     import json as _json
     import os
     import signal
     import urllib.request
     from pathlib import Path
 
-    from django.conf import settings
-
     from deployments.models import Region
     from tests.deployments.conftest import make_pool
+
+    settings.GATEWAY_TRUSTED_PROXIES = "127.0.0.1/32"
 
     eu = Region.objects.create(code="eu-west", name="Dublin", latitude=53.3, longitude=-6.3)
     us = Region.objects.create(code="us-east", name="Virginia", latitude=39.0, longitude=-77.5)

@@ -17,7 +17,26 @@ WORDS = ["Gantry", " routes", " this", " stream", "."]
 
 async def chat(request):
     body = await request.json()
+    request.app.state.received.append(body)
     prompt_tokens = sum(len(m.get("content", "").split()) for m in body.get("messages", []))
+    if body["messages"][0].get("content") == "report negative usage":
+        # A broken (or hostile) engine: usage that would be a credit if believed.
+        return JSONResponse(
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body.get("model"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "".join(WORDS)},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": -50, "completion_tokens": -7, "total_tokens": -57},
+            }
+        )
     if not body.get("stream"):
         return JSONResponse(
             {
@@ -76,6 +95,7 @@ def start_upstream():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+    app.state.received = []  # every body that reached this engine
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -83,4 +103,5 @@ def start_upstream():
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
     server.url = f"http://127.0.0.1:{port}"
+    server.received = app.state.received
     return server, thread
