@@ -114,11 +114,11 @@ def deployment_create(
         errors["regions"] = "Give at least one region code, in preference order."
     else:
         regions = [str(r).strip() for r in regions]
-        known = set(Region.objects.filter(enabled=True).values_list("code", flat=True))
-        unknown = [r for r in regions if r not in known]
+        enabled = set(Region.objects.filter(enabled=True).values_list("code", flat=True))
+        unknown = [r for r in regions if r not in enabled]
         if unknown:
             errors["regions"] = (
-                f"Unknown region {unknown[0]!r}; choose from: {', '.join(sorted(known))}."
+                f"Unknown region {unknown[0]!r}; choose from: {', '.join(sorted(enabled))}."
             )
         elif len(set(regions)) != len(regions):
             errors["regions"] = "Name each region once."
@@ -140,6 +140,9 @@ def deployment_create(
             desired = _validate_int(errors, "replicas", replicas, low, high)
     if errors:
         raise ValidationError(errors)
+    # With no errors every value above was set; this narrows the types for the checker.
+    if gpu is None or gpus is None or low is None or high is None or desired is None:
+        raise ValidationError({"__all__": "The deployment could not be validated."})
     # Capacity is promised here: check the organization's quotas under its lock.
     quota = reserve_gpus(organization, gpu, gpus=desired * gpus)
     billing.quota_check_deployments(
