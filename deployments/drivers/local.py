@@ -27,7 +27,8 @@ from deployments.drivers.base import (
     RuntimeStatus,
     Started,
 )
-from deployments.engines import engine_command, model_file
+from deployments.drivers.launch import engine_launch
+from deployments.engines import model_file
 
 MARKER = "GANTRY_REPLICA"
 # The only variables an engine inherits. Gantry's own (SECRET_KEY, DATABASE_URL…) must
@@ -126,14 +127,10 @@ class LocalDriver(PoolDriver):
         pidfile = rundir / "pid"
         pidfile.unlink(missing_ok=True)
         log_path = rundir / "log"
-        cmd = engine_command(
-            spec.engine,
-            model_path=str(path),
-            port=port,
-            host=host,
-            args=spec.engine_args,
-            python=sys.executable,
+        launch = engine_launch(
+            spec, model_path=str(path), host=host, port=port, python=sys.executable
         )
+        cmd = launch.argv
         url = f"http://{host}:{port}"
         # Written before the launch, so a crash at any later point leaves a findable trail.
         self._write_meta(
@@ -141,7 +138,10 @@ class LocalDriver(PoolDriver):
             {"pid": None, "port": port, "url": url, "cmd": cmd, "requested_at": requested_at},
         )
         env = {k: v for k, v in os.environ.items() if k in ENGINE_ENV or k.startswith("OPENBLAS_")}
-        env.update({MARKER: spec.name, "PYTHONUNBUFFERED": "1"})
+        env.update({MARKER: spec.name, "PYTHONUNBUFFERED": "1", **launch.env})
+        # Exactly the GPUs placement gave the replica, and none for a CPU replica.
+        cpu = not spec.gpus or spec.gpu_type == "cpu"
+        env["CUDA_VISIBLE_DEVICES"] = "" if cpu else ",".join(map(str, spec.gpu_indices))
         # setsid -f forks into a new session and returns at once: the engine is then no
         # child of this worker. The shell records its pid, then becomes the engine.
         launcher = ["setsid", "-f", "sh", "-c", 'echo $$ > "$0"; exec "$@"', str(pidfile), *cmd]
