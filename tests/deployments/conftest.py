@@ -84,7 +84,17 @@ def reconcile_until(deployment, predicate, timeout: float = 90, what: str = "") 
 
 
 def chat(url: str, text: str = "hello", max_tokens: int = 8) -> dict:
+    """A chat completion straight from a replica, sent as the platform sends it: with that
+    replica's own key (engines answer nobody else)."""
     import urllib.request
+
+    from deployments.engine_auth import engine_auth_headers
+    from deployments.models import Replica
+
+    replica_id = (
+        Replica.objects.filter(url=url, status="running").values_list("pk", flat=True).first()
+    )
+    assert replica_id, f"no running replica at {url}"
 
     # The demo model's weights are random: keep it from ending at once on the end token.
     body = json.dumps(
@@ -95,7 +105,9 @@ def chat(url: str, text: str = "hello", max_tokens: int = 8) -> dict:
         }
     ).encode()
     request = urllib.request.Request(
-        f"{url}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+        f"{url}/v1/chat/completions",
+        data=body,
+        headers={"Content-Type": "application/json", **engine_auth_headers(replica_id)},
     )
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.loads(response.read())
