@@ -138,12 +138,31 @@ def docker_client():
         need(False, f"the engine image {image} (scripts/build-engine-images.sh builds it)")
     yield client
     for c in client.containers.list(all=True, filters={"label": "gantry.replica"}):
-        c.remove(force=True)
+        # Another test session on this engine may be removing the same one right now.
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+            c.remove(force=True)
     client.close()
 
 
 @pytest.fixture
-def docker_pool(docker_client, db):
+def distinct_replica_ids(db):
+    """Container names are the replicas' (gantry-r<id>), and other test sessions may use the
+    same Docker engine with ids of their own database: start this test's ids at a random
+    point far from theirs, so names never collide."""
+    import secrets
+
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT setval(pg_get_serial_sequence('deployments_replica', 'id'), %s)",
+                [10_000_000 + secrets.randbelow(2_000_000_000)],
+            )
+
+
+@pytest.fixture
+def docker_pool(docker_client, distinct_replica_ids, db):
     region = make_region("docker-local", "Docker on this machine")
     return make_pool(
         region,

@@ -50,7 +50,9 @@ def test_create_run_complete_delete_on_docker_with_the_real_worker(
     )
 
     assert api.delete(f"/api/v1/deployments/{pk}").status_code == 204
-    assert not docker_client.containers.list(all=True, filters={"label": "gantry.replica"})
+    # This replica's container is gone (other test sessions may share the engine).
+    name = f"^/gantry-r{replica['id']}$"
+    assert not docker_client.containers.list(all=True, filters={"name": name})
     assert Node.objects.get(pool=docker_pool).gpus_allocated == 0
     assert Deployment.objects.get(pk=pk).status == DeploymentStatus.DELETED
 
@@ -156,7 +158,7 @@ def test_vllm_deployment_runs_on_the_image_entrypoint_and_answers_through_the_ga
         "--served-model-name",
         "vllm-chat",
     ]
-    assert container.attrs["Args"] == expected
+    assert container.attrs["Config"]["Cmd"] == expected
     logged = container.logs().decode()
     assert "STANDIN argv=" + json.dumps(["serve", *expected]) in logged
     # Only the replica's own folder is in the container, read-only; the key is in its

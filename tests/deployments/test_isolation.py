@@ -227,7 +227,9 @@ def test_the_local_driver_hands_a_cpu_replica_no_gpus(running_local):
 # --- Docker: the container as the engine sees it ----------------------------------------
 
 
-def test_docker_device_requests_carry_exactly_the_placed_indices(docker_client, org_a, org_b):
+def test_docker_device_requests_carry_exactly_the_placed_indices(
+    docker_client, distinct_replica_ids, org_a, org_b
+):
     from django.conf import settings
 
     from deployments.drivers.docker import DockerDriver
