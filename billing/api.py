@@ -8,7 +8,7 @@ from rest_framework import serializers, viewsets
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
-from billing import services
+from billing import selectors, services
 from billing.models import Invoice, InvoiceLine
 from portal.access import require
 
@@ -42,11 +42,7 @@ def usage(request):
     now = datetime.now(UTC)
     start = request.query_params.get("start")
     end = request.query_params.get("end")
-    start_at = (
-        _when(start, "start")
-        if start
-        else now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    )
+    start_at = _when(start, "start") if start else selectors.month_bounds(now)[0]
     end_at = _when(end, "end") if end else now + timedelta(seconds=1)
     if end_at <= start_at:
         raise serializers.ValidationError({"end": ["end must be after start."]})

@@ -6,7 +6,7 @@ never imports them.
 """
 
 from collections import defaultdict
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
@@ -17,7 +17,6 @@ from billing.models import (
     BillingAccount,
     Credit,
     GpuQuota,
-    GpuRate,
     Invoice,
     InvoiceLine,
     Quota,
@@ -25,10 +24,17 @@ from billing.models import (
     UsageKind,
     UsageRecord,
 )
+from billing.selectors import (
+    MICROS_PER_CENT,
+    gpu_hour_cents,
+    month_bounds,
+    month_spend_cents,
+    month_start,
+)
+from billing.selectors import next_month as next_month  # re-exported for older callers
 from portal.models import Organization
 
 WINDOW = timedelta(minutes=1)
-MICROS_PER_CENT = 10_000
 
 
 # --- Quotas ---------------------------------------------------------------------------
@@ -44,18 +50,6 @@ def quota_lock(organization: Organization) -> Quota:
 def account_for(organization: Organization) -> BillingAccount:
     account, _ = BillingAccount.objects.get_or_create(organization=organization)
     return account
-
-
-def month_spend_cents(organization: Organization, at: datetime | None = None) -> int:
-    at = at or timezone.now()
-    start = at.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    micros = (
-        UsageRecord.objects.filter(organization=organization, window_start__gte=start).aggregate(
-            m=Sum("amount_micros")
-        )["m"]
-        or 0
-    )
-    return round(micros / MICROS_PER_CENT)
 
 
 def capacity_allowed(organization: Organization, quota: Quota) -> None:
@@ -146,8 +140,8 @@ def regions_within_quota(
 
 
 def gpu_rate_cents(gpu_type: str, at: datetime) -> int:
-    rate = GpuRate.objects.filter(gpu_type=gpu_type, effective_from__lte=at).first()
-    return rate.cents_per_hour if rate else 0
+    """The rate the ledger charges for a GPU-hour at `at`: the one price (see selectors)."""
+    return gpu_hour_cents(gpu_type, at)
 
 
 def token_rates_cents(model: str, at: datetime) -> tuple[int, int]:
@@ -357,22 +351,12 @@ def credit_issue(*, organization: Organization, amount_cents: int, reason: str) 
 # --- Invoices -------------------------------------------------------------------------
 
 
-def month_start(d: date | datetime) -> date:
-    return date(d.year, d.month, 1)
-
-
-def next_month(d: date) -> date:
-    return date(d.year + (d.month == 12), d.month % 12 + 1, 1)
-
-
 @transaction.atomic
 def invoice_close(*, organization: Organization, period_start: date) -> Invoice:
     """The month's invoice, one line per deployment and kind, from the ledger. Closing
     again gives the same invoice: lines are recomputed from the same records."""
     period_start = month_start(period_start)
-    start = datetime(period_start.year, period_start.month, 1, tzinfo=UTC)
-    end_d = next_month(period_start)
-    end = datetime(end_d.year, end_d.month, 1, tzinfo=UTC)
+    start, end = month_bounds(period_start)
     invoice, _ = (
         Invoice.objects.select_for_update()
         .exclude(status=Invoice.Status.VOID)
@@ -415,9 +399,7 @@ def invoice_close(*, organization: Organization, period_start: date) -> Invoice:
 
 def invoices_close_month(*, period_start: date) -> int:
     """Close the month's invoice of every organization that used something in it."""
-    start = datetime(period_start.year, period_start.month, 1, tzinfo=UTC)
-    end_d = next_month(period_start)
-    end = datetime(end_d.year, end_d.month, 1, tzinfo=UTC)
+    start, end = month_bounds(period_start)
     org_ids = (
         UsageRecord.objects.filter(window_start__gte=start, window_start__lt=end)
         .values_list("organization_id", flat=True)

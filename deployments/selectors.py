@@ -1,6 +1,17 @@
-from django.db.models import Count, F, Prefetch, Q, QuerySet, Sum
+"""Reads about deployments, replicas and GPUs. The one place GPU figures are computed:
+committed GPUs (what quotas count organization-wide) and per-region GPU use (what
+per-region quotas count); services, quotas pages and the API call these."""
 
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import Count, F, Prefetch, Q, QuerySet, Sum
+from django.utils import timezone
+
+from billing.models import Quota
+from billing.selectors import month_spend_cents
 from deployments.models import (
+    LATENCY_BUCKETS_MS,
     LIVE_REPLICA_STATUSES,
     Deployment,
     DeploymentEvent,
@@ -8,6 +19,7 @@ from deployments.models import (
     GpuPool,
     Region,
     Replica,
+    TrafficMinute,
 )
 from portal.models import Organization
 
@@ -60,8 +72,6 @@ def region_list() -> QuerySet[Region]:
 def endpoint_of(deployment: Deployment) -> str | None:
     """Where clients reach the model once a replica runs: the gateway's OpenAI base URL
     (the deployment's name is the `model`)."""
-    from django.conf import settings
-
     replicas = getattr(deployment, "live_replicas", None)
     if replicas is None:
         replicas = list(deployment.replicas.filter(status="running"))
@@ -76,12 +86,32 @@ def org_gpu_usage(*, org: Organization) -> dict:
     ).aggregate(gpus=Sum("gpus"), replicas=Count("id", filter=Q(gpus__gt=0)))
 
 
+def committed_gpus(organization: Organization, gpu_type: str) -> int:
+    """GPUs of a type the organization's deployments ask for (desired, not yet deleted):
+    what its organization-wide GPU quota counts."""
+    total = Deployment.objects.filter(
+        organization=organization, gpu_type__code=gpu_type, deleted_at__isnull=True
+    ).aggregate(g=Sum(F("desired_replicas") * F("gpus_per_replica")))["g"]
+    return total or 0
+
+
+def region_gpu_usage(*, organization_id: int, gpu_type: str) -> dict[str, int]:
+    """GPUs of a type the organization's live replicas hold, per region code: what its
+    per-region GPU quotas count."""
+    return dict(
+        Replica.objects.filter(
+            deployment__organization_id=organization_id,
+            status__in=LIVE_REPLICA_STATUSES,
+            pool__gpu_type__code=gpu_type,
+        )
+        .values("region__code")
+        .annotate(g=Sum("gpus"))
+        .values_list("region__code", "g")
+    )
+
+
 def quota_usage(*, org: Organization) -> list[dict]:
     """Each limit of the organization's quota next to what it uses."""
-    from datetime import UTC, datetime
-
-    from billing.models import Quota, UsageRecord
-
     quota, _ = Quota.objects.get_or_create(organization=org)
     live = Deployment.objects.filter(organization=org, deleted_at__isnull=True)
     rows = [
@@ -95,22 +125,10 @@ def quota_usage(*, org: Organization) -> list[dict]:
     ]
     for limit in quota.gpu_limits.all().order_by("gpu_type", "region"):
         if limit.region:
-            used = (
-                Replica.objects.filter(
-                    deployment__organization=org,
-                    status__in=LIVE_REPLICA_STATUSES,
-                    region__code=limit.region,
-                    pool__gpu_type__code=limit.gpu_type,
-                ).aggregate(g=Sum("gpus"))["g"]
-                or 0
-            )
+            by_region = region_gpu_usage(organization_id=org.pk, gpu_type=limit.gpu_type)
+            used = by_region.get(limit.region) or 0
         else:
-            used = (
-                live.filter(gpu_type__code=limit.gpu_type).aggregate(
-                    g=Sum(F("desired_replicas") * F("gpus_per_replica"))
-                )["g"]
-                or 0
-            )
+            used = committed_gpus(org, limit.gpu_type)
         rows.append(
             {
                 "name": "gpus",
@@ -120,21 +138,13 @@ def quota_usage(*, org: Organization) -> list[dict]:
                 "used": used,
             }
         )
-    now = datetime.now(UTC)
-    month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    micros = (
-        UsageRecord.objects.filter(organization=org, window_start__gte=month).aggregate(
-            m=Sum("amount_micros")
-        )["m"]
-        or 0
-    )
     rows.append(
         {
             "name": "monthly_spend_cents",
             "region": "",
             "gpu_type": "",
             "limit": quota.monthly_spend_limit_cents,
-            "used": round(micros / 10_000),
+            "used": month_spend_cents(org),
         }
     )
     return rows
@@ -142,12 +152,6 @@ def quota_usage(*, org: Organization) -> list[dict]:
 
 def traffic_summary(*, deployment: Deployment, minutes: int = 60) -> dict:
     """Requests/s, p50/p95 latency and tokens/s over the last hour, from the gateway."""
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from deployments.models import LATENCY_BUCKETS_MS, TrafficMinute
-
     since = timezone.now() - timedelta(minutes=minutes)
     rows = list(
         TrafficMinute.objects.filter(deployment=deployment, minute__gte=since).order_by("minute")

@@ -1,3 +1,9 @@
+"""Celery tasks of deployments: thin, they take ids and call a service.
+
+Services import tasks (to queue a reconcile after a commit), so the tasks import services
+inside their bodies: importing them at the top would make the two modules a cycle.
+"""
+
 from celery import shared_task
 
 from deployments.drivers import DriverUnavailable
@@ -63,3 +69,10 @@ def autoscale_deployments() -> int:
     from deployments.services import autoscale
 
     return autoscale()
+
+
+@shared_task(acks_late=True)
+def prune_events() -> int:
+    from deployments.services import events_prune
+
+    return events_prune()

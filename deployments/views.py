@@ -1,10 +1,16 @@
+from datetime import timedelta
+
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
 
+from billing import selectors as billing_selectors
+from billing import services as billing
+from billing.models import Invoice
 from deployments import selectors, services
 from deployments.access import access_deployment, access_replica
 from deployments.forms import DeploymentForm, ScaleForm
@@ -158,22 +164,8 @@ def replica_logs(request: HttpRequest, pk: int, replica_pk: int) -> HttpResponse
 
 @staff_member_required
 def capacity(request: HttpRequest) -> HttpResponse:
-    from datetime import UTC, datetime
-
-    from django.db.models import Sum
-
-    from billing.models import UsageRecord
-
     rows = capacity_by_region_and_type()
     totals = {k: sum(r[k] for r in rows) for k in ("total", "allocated", "free")}
-    month = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    revenue = (
-        UsageRecord.objects.filter(window_start__gte=month)
-        .exclude(region="")
-        .values("region")
-        .annotate(micros=Sum("amount_micros"), gpu_seconds=Sum("quantity"))
-        .order_by("region")
-    )
     return render(
         request,
         "deployments/capacity.html",
@@ -181,14 +173,7 @@ def capacity(request: HttpRequest) -> HttpResponse:
             "rows": rows,
             "totals": totals,
             "regions": selectors.region_list(),
-            "revenue": [
-                {
-                    "region": r["region"],
-                    "cents": round(r["micros"] / 10_000),
-                    "gpu_hours": round(r["gpu_seconds"] / 3600, 1),
-                }
-                for r in revenue
-            ],
+            "revenue": billing_selectors.revenue_by_region(),
         },
     )
 
@@ -197,17 +182,10 @@ def capacity(request: HttpRequest) -> HttpResponse:
 def usage_page(request: HttpRequest) -> HttpResponse:
     """Usage & billing: spend, limits, quotas, charts, usage by deployment, invoices.
     Lives here because it shows quota use (deployments) beside money (billing)."""
-    import calendar
-    from datetime import UTC, datetime, timedelta
-
-    from billing import services as billing
-    from billing.models import Invoice
-
     require(request.membership, "usage.view")
-    now = datetime.now(UTC)
-    month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    days_in_month = calendar.monthrange(now.year, now.month)[1]
-    elapsed = (now - month).total_seconds() / (days_in_month * 86400)
+    now = timezone.now()
+    month, month_end = billing_selectors.month_bounds(now)
+    elapsed = (now - month) / (month_end - month)
     spend = billing.spend_status(request.org)
     forecast = round(spend["spent_cents"] / elapsed) if elapsed > 0.01 else spend["spent_cents"]
     by_day = billing.usage_by_day(

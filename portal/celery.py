@@ -38,6 +38,10 @@ app.conf.beat_schedule = {
         "task": "deployments.tasks.enforce_spend_limits",
         "schedule": 60.0,
     },
+    "prune-deployment-events": {
+        "task": "deployments.tasks.prune_events",
+        "schedule": 3600.0,  # idempotent: a second run finds nothing past the bounds
+    },
     "check-pools": {
         "task": "deployments.tasks.check_pools",
         "schedule": 30.0,

@@ -271,6 +271,10 @@ REPLICA_STARTUP_TIMEOUT_S = env.int("REPLICA_STARTUP_TIMEOUT_S", default=600)
 REPLICA_HEALTH_FAILURES = env.int("REPLICA_HEALTH_FAILURES", default=3)
 REPLICA_MAX_FAILURES = env.int("REPLICA_MAX_FAILURES", default=5)
 REPLICA_MAX_BACKOFF_S = env.int("REPLICA_MAX_BACKOFF_S", default=60)
+# Timeline retention per deployment: the newest EVENTS_KEEP_PER_DEPLOYMENT events, none
+# older than EVENTS_MAX_AGE_DAYS (0 turns either bound off). Pruned by beat every hour.
+EVENTS_KEEP_PER_DEPLOYMENT = env.int("EVENTS_KEEP_PER_DEPLOYMENT", default=1000)
+EVENTS_MAX_AGE_DAYS = env.int("EVENTS_MAX_AGE_DAYS", default=90)
 
 # --- Marketplace ----------------------------------------------------------------------
 HF_ENDPOINT = env.str("HF_ENDPOINT", default="")  # empty: the public hub

@@ -1,0 +1,79 @@
+"""Deployments' business operations, split by concern:
+
+* ``lifecycle``    — desired state: create, scale, stop, start, delete; promising capacity
+* ``reconcile``    — the reconciler pass that makes actual state follow desired state
+* ``scaling``      — load reports, traffic counts, wake from zero, the autoscaler
+* ``housekeeping`` — pool health and orphans, replica logs, local shutdown, spend-limit stop
+* ``metering``     — replica GPU time into billing's ledger, releasing replica GPUs
+* ``events``       — the deployment timeline and queueing a reconcile after commit
+
+Placement is its own module (``deployments.placement``). Everything public is re-exported
+here: callers import ``from deployments.services import …`` and need not know the cut.
+"""
+
+from deployments.selectors import committed_gpus
+from deployments.services.events import enqueue_reconcile, event, events_prune
+from deployments.services.housekeeping import (
+    gpu_prices_refresh,
+    local_pools_shutdown,
+    pool_check,
+    replica_logs,
+    spend_limits_enforce,
+)
+from deployments.services.lifecycle import (
+    IMAGE_RE,
+    MAX_REPLICAS,
+    NAME_RE,
+    deployment_create,
+    deployment_delete,
+    deployment_scale,
+    deployment_settle,
+    deployment_start,
+    deployment_stop,
+    reserve_gpus,
+)
+from deployments.services.metering import release_replica_gpus, replica_meter
+from deployments.services.reconcile import (
+    LEASE,
+    ReconcileResult,
+    deployment_reconcile,
+    deployments_needing_reconcile,
+)
+from deployments.services.scaling import (
+    autoscale,
+    deployment_wake,
+    load_report,
+    traffic_record,
+)
+
+__all__ = [
+    "IMAGE_RE",
+    "LEASE",
+    "MAX_REPLICAS",
+    "NAME_RE",
+    "ReconcileResult",
+    "autoscale",
+    "committed_gpus",
+    "deployment_create",
+    "deployment_delete",
+    "deployment_reconcile",
+    "deployment_scale",
+    "deployment_settle",
+    "deployment_start",
+    "deployment_stop",
+    "deployment_wake",
+    "deployments_needing_reconcile",
+    "enqueue_reconcile",
+    "event",
+    "events_prune",
+    "gpu_prices_refresh",
+    "load_report",
+    "local_pools_shutdown",
+    "pool_check",
+    "release_replica_gpus",
+    "replica_logs",
+    "replica_meter",
+    "reserve_gpus",
+    "spend_limits_enforce",
+    "traffic_record",
+]
