@@ -53,7 +53,9 @@ class DockerDriver(PoolDriver):
         url = (node_config or {}).get("docker_url") or self.config.get("docker_url")
         url = url or settings.DOCKER_HOST
         try:
-            return docker.DockerClient(base_url=url, timeout=60)
+            # Creating a container copies the whole image on the vfs storage driver, which
+            # can take minutes on a busy host; "timeout" (seconds) in the pool config.
+            return docker.DockerClient(base_url=url, timeout=int(self.config.get("timeout", 300)))
         except DockerException as exc:
             raise DriverUnavailable(f"Docker host {url} cannot be reached: {exc}") from exc
 
@@ -61,7 +63,9 @@ class DockerDriver(PoolDriver):
         import docker.errors
         import requests
 
-        return docker.errors, requests.exceptions.ConnectionError
+        # A host that does not answer in time is unavailable (retry later), like one that
+        # cannot be reached: a start that timed out half-way is adopted by the retry.
+        return docker.errors, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
 
     def _nodes_configs(self) -> list[dict]:
         configs = [n.config or {} for n in self.pool.nodes.all()]
@@ -75,14 +79,14 @@ class DockerDriver(PoolDriver):
         return unique
 
     def _find(self, handle: str):
-        errors, conn_error = self._errors()
+        errors, unreachable = self._errors()
         for cfg in self._nodes_configs():
             client = self._client(cfg)
             try:
                 return client.containers.get(handle)
             except errors.NotFound:
                 continue
-            except (conn_error, errors.DockerException) as exc:
+            except (*unreachable, errors.DockerException) as exc:
                 raise DriverUnavailable(f"Docker host unreachable: {exc}") from exc
         return None
 
@@ -181,8 +185,8 @@ class DockerDriver(PoolDriver):
                 **launch.env,
             },
             # No root, no way back to it, no capabilities, bounded memory and processes.
-            # 65534 is "nobody" in Debian-based images (the engines' own included); a pool
-            # whose image needs another uid says so with "user".
+            # 65534 is "nobody" in Debian and Ubuntu images (the engines' are one or the
+            # other); a pool whose image needs another uid says so with "user".
             "user": str(cfg.get("user", "65534:65534")),
             "security_opt": ["no-new-privileges:true"],
             "cap_drop": ["ALL"],
@@ -213,7 +217,7 @@ class DockerDriver(PoolDriver):
         )
 
     def start(self, spec: ReplicaSpec) -> Started:
-        errors, conn_error = self._errors()
+        errors, unreachable = self._errors()
         client = self._client(spec.node_config)
         try:
             try:
@@ -246,7 +250,7 @@ class DockerDriver(PoolDriver):
                 container = client.containers.get(spec.name)
                 return Started(handle=spec.name, url=container.labels.get("gantry.url", ""))
             raise DriverError(f"Docker refused to start the replica: {exc.explanation}") from exc
-        except conn_error as exc:
+        except unreachable as exc:
             raise DriverUnavailable(f"Docker host unreachable: {exc}") from exc
 
     def status(self, handle: str) -> RuntimeStatus:
@@ -273,7 +277,7 @@ class DockerDriver(PoolDriver):
             pass
 
     def list(self) -> list[RuntimeInfo]:
-        errors, conn_error = self._errors()
+        errors, unreachable = self._errors()
         found = []
         for cfg in self._nodes_configs():
             client = self._client(cfg)
@@ -281,7 +285,7 @@ class DockerDriver(PoolDriver):
                 containers = client.containers.list(
                     filters={"label": ["gantry.replica", f"gantry.pool={self.pool.pk}"]}
                 )
-            except (conn_error, errors.DockerException) as exc:
+            except (*unreachable, errors.DockerException) as exc:
                 raise DriverUnavailable(f"Docker host unreachable: {exc}") from exc
             for c in containers:
                 try:
@@ -299,9 +303,9 @@ class DockerDriver(PoolDriver):
         return container.logs(tail=tail).decode("utf-8", "replace")
 
     def ping(self) -> None:
-        errors, conn_error = self._errors()
+        errors, unreachable = self._errors()
         for cfg in self._nodes_configs():
             try:
                 self._client(cfg).ping()
-            except (conn_error, errors.DockerException) as exc:
+            except (*unreachable, errors.DockerException) as exc:
                 raise DriverUnavailable(f"Docker host unreachable: {exc}") from exc

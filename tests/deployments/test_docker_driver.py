@@ -11,6 +11,9 @@ from tests.deployments.conftest import chat, reconcile_until
 from tests.gateway import conftest as gateway_fixtures
 
 pytestmark = pytest.mark.django_db(transaction=True)
+# Bounds on waiting, not on speed: on the vfs storage driver creating a container copies the
+# whole image, which takes minutes when the Docker host is busy.
+START_WAIT_S = 360
 gateway = gateway_fixtures.gateway  # the real gateway, served by uvicorn
 
 
@@ -33,7 +36,7 @@ def test_create_run_complete_delete_on_docker_with_the_real_worker(
     pk = created.json()["id"]
     celery_worker.wait_for(
         lambda: Deployment.objects.get(pk=pk).status == "running",
-        timeout=180,
+        timeout=START_WAIT_S,
         what="the worker to bring the docker deployment to running",
     )
     [replica] = api.get(f"/api/v1/deployments/{pk}").json()["replicas"]
@@ -69,7 +72,7 @@ def test_killed_container_is_detected_and_replaced(docker_client, docker_pool, o
         regions=["docker-local"],
         engine_args=["--n_ctx", "256"],
     )
-    reconcile_until(d, lambda d: d.status == "running", timeout=120, what="running")
+    reconcile_until(d, lambda d: d.status == "running", timeout=START_WAIT_S, what="running")
     first = d.replicas.get(status="running")
     docker_client.containers.get(first.handle).kill()
     reconcile_until(
@@ -78,7 +81,7 @@ def test_killed_container_is_detected_and_replaced(docker_client, docker_pool, o
             d.status == "running"
             and d.replicas.filter(status="running").exclude(pk=first.pk).exists()
         ),
-        timeout=120,
+        timeout=START_WAIT_S,
         what="a replacement container",
     )
     first.refresh_from_db()
@@ -141,7 +144,7 @@ def test_vllm_deployment_runs_on_the_image_entrypoint_and_answers_through_the_ga
     )
     # What the builder records for a vLLM build of an uploaded folder: the folder itself.
     Deployment.objects.filter(pk=d.pk).update(model_ref=str(folder))
-    reconcile_until(d, lambda d: d.status == "running", timeout=120, what="running")
+    reconcile_until(d, lambda d: d.status == "running", timeout=START_WAIT_S, what="running")
     r = d.replicas.get(status="running")
     container = docker_client.containers.get(r.handle)
     # The image's own entrypoint runs; Gantry gives it only arguments, the model first.

@@ -317,7 +317,7 @@ def test_docker_replica_is_locked_down_and_answers_only_with_its_key(
         regions=["docker-local"],
         engine_args=["--n_ctx", "256"],
     )
-    reconcile_until(d, lambda d: d.status == "running", timeout=180, what="running")
+    reconcile_until(d, lambda d: d.status == "running", timeout=360, what="running")
     r = d.replicas.get(status="running")
     attrs = docker_client.containers.get(r.handle).attrs
     host = attrs["HostConfig"]
