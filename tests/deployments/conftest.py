@@ -129,8 +129,10 @@ def docker_client():
         f"a Docker engine at {sock}",
     )
     import docker
+    import requests
 
-    client = docker.DockerClient(base_url=sock)
+    # A busy host (vfs copies whole images) can take minutes to answer.
+    client = docker.DockerClient(base_url=sock, timeout=300)
     image = django_settings.GANTRY_ENGINE_IMAGES["llama.cpp"]
     try:
         client.images.get(image)
@@ -139,7 +141,9 @@ def docker_client():
     yield client
     for c in client.containers.list(all=True, filters={"label": "gantry.replica"}):
         # Another test session on this engine may be removing the same one right now.
-        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+        with contextlib.suppress(
+            docker.errors.NotFound, docker.errors.APIError, requests.exceptions.Timeout
+        ):
             c.remove(force=True)
     client.close()
 
