@@ -1,6 +1,7 @@
 """Image builds: cold build, warm rebuild after a config-only change, and how much the
 image adds over its engine base — for Gantry's builder, and side by side for the common
-alternative that bakes the weights into the image (COPY of the model file).
+alternative that bakes the weights into the image (COPY of the model file) and for a
+`docker build` of the same configuration (ENV + COPY of the spec, Gantry's former way).
 
 Needs the Docker engine and the llama.cpp engine image (make images). The model is the
 demo GGUF padded to BENCH_WEIGHTS_MB (default 200) so baking has something to copy.
@@ -23,7 +24,7 @@ def main():
     from django.contrib.auth import get_user_model
     from django.core.files.uploadedfile import SimpleUploadedFile
 
-    from builder import services
+    from builder import images, services
     from builder.models import Build
     from deployments.demo_model import write_demo_gguf
     from marketplace.models import CatalogModel
@@ -54,12 +55,12 @@ def main():
     )
     services.build_configure(build=build, engine="llama.cpp", env={"MODE": "a"})
     t = time.perf_counter()
-    cold = services.build_run(build_id=build.pk)
+    cold = images.build_run(build_id=build.pk)
     cold_s = time.perf_counter() - t
     assert cold.status == "succeeded", cold.log
     services.build_configure(build=cold, engine="llama.cpp", env={"MODE": "b"})
     t = time.perf_counter()
-    warm = services.build_run(build_id=build.pk)
+    warm = images.build_run(build_id=build.pk)
     warm_s = time.perf_counter() - t
     assert warm.status == "succeeded", warm.log
     over = client.images.get(warm.image).attrs["Size"] - base.attrs["Size"]
@@ -92,10 +93,30 @@ def main():
     baked_over = client.images.get("gantry-bench/baked:latest").attrs["Size"] - base.attrs["Size"]
     client.images.remove("gantry-bench/baked:latest", force=True)
 
+    # Gantry's previous way, for comparison: `docker build` of ENV + COPY of the spec file.
+    def dockerfile_build(mode: str, nocache: bool) -> float:
+        ctx = tmp / "ctx-build"
+        ctx.mkdir(exist_ok=True)
+        (ctx / "spec.json").write_text(f'{{"MODE": "{mode}"}}')
+        (ctx / "Dockerfile").write_text(
+            f'FROM gantry/llamacpp:0.3.36\nENV MODE="{mode}"\nCOPY spec.json /etc/gantry/\n'
+        )
+        start = time.perf_counter()
+        for _ in client.api.build(
+            path=str(ctx), tag="gantry-bench/built:latest", rm=True, nocache=nocache, decode=True
+        ):
+            pass
+        return time.perf_counter() - start
+
+    built_cold = dockerfile_build("a", nocache=True)
+    built_warm = dockerfile_build("b", nocache=False)
+    client.images.remove("gantry-bench/built:latest", force=True)
+
     print(f"model file {gguf.stat().st_size:,} B (baseline bakes {WEIGHTS_MB} MB of weights)")
     print(f"{'':<26}{'cold s':>9}{'warm s':>9}{'over base':>14}")
     print(f"{'gantry (weights mounted)':<26}{cold_s:>9.2f}{warm_s:>9.2f}{over:>14,}")
     print(f"{'baseline (weights baked)':<26}{baked_cold:>9.2f}{baked_warm:>9.2f}{baked_over:>14,}")
+    print(f"{'docker build ENV + COPY':<26}{built_cold:>9.2f}{built_warm:>9.2f}{'':>14}")
     print(
         f"RESULT cold_build_s={cold_s:.2f} warm_rebuild_s={warm_s:.2f} "
         f"size_over_base_bytes={over} baked_cold_build_s={baked_cold:.2f} "

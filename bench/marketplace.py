@@ -88,6 +88,7 @@ def main():
     from django.test.utils import CaptureQueriesContext
     from rest_framework.test import APIClient
 
+    from marketplace.fit import price_per_hour_cents
     from marketplace.models import CatalogModel
     from portal.services import api_key_create
 
@@ -107,7 +108,7 @@ def main():
     def naive_first_page():
         models = list(CatalogModel.objects.order_by("-downloads", "name")[:48])
         for m in models:
-            prices = [p.gpu_type.price_per_hour_cents * p.gpu_count for p in m.profiles.all()]
+            prices = [price_per_hour_cents(p) for p in m.profiles.all()]
             m.cheapest_cents = min(prices) if prices else None
         render_to_string("marketplace/grid.html#results", {"models": models, "page": None})
 

@@ -54,12 +54,15 @@ def main():
     from django.contrib.auth import get_user_model
     from django.db import connection
 
-    from billing import services
+    from billing import invoices, services
     from billing.models import Invoice, UsageRecord
     from portal.models import Organization
 
     with connection.cursor() as c:
-        c.execute("TRUNCATE billing_invoiceline, billing_invoice, billing_usagerecord CASCADE")
+        c.execute(
+            "TRUNCATE billing_invoiceline, billing_invoice, billing_usagerecord, "
+            "billing_usageday CASCADE"
+        )
     get_user_model().objects.get_or_create(username="bench-meter")
     existing = set(
         Organization.objects.filter(slug__startswith="meter-").values_list("slug", flat=True)
@@ -104,7 +107,7 @@ def main():
 
     t = time.perf_counter()
     for org in Organization.objects.filter(pk__in=org_ids):
-        services.invoice_close(organization=org, period_start=date(2026, 3, 1))
+        invoices.invoice_close(organization=org, period_start=date(2026, 3, 1))
     close_s = time.perf_counter() - t
     invoices = Invoice.objects.filter(organization_id__in=org_ids).count()
     total = sum(

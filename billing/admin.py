@@ -1,6 +1,7 @@
 from django.contrib import admin, messages
 
 from billing import services
+from billing.invoices import invoice_reissue
 from billing.models import (
     BillingAccount,
     Credit,
@@ -8,6 +9,7 @@ from billing.models import (
     GpuRate,
     Invoice,
     InvoiceLine,
+    Plan,
     Quota,
     TokenRate,
     UsageRecord,
@@ -89,17 +91,25 @@ class UsageRecordAdmin(admin.ModelAdmin):
 class InvoiceLineInline(admin.TabularInline):
     model = InvoiceLine
     extra = 0
-    readonly_fields = ["deployment_name", "kind", "quantity", "amount_cents"]
+    readonly_fields = ["deployment_name", "kind", "late", "quantity", "amount_cents"]
     can_delete = False
 
 
 @admin.register(Invoice)
 class InvoiceAdmin(admin.ModelAdmin):
-    list_display = ["organization", "period_start", "status", "total_cents", "closed_at"]
+    list_display = [
+        "organization",
+        "period_start",
+        "version",
+        "status",
+        "total_cents",
+        "closed_at",
+        "stripe_invoice_id",
+    ]
     list_filter = ["status", "period_start"]
     search_fields = ["organization__slug"]
     inlines = [InvoiceLineInline]
-    readonly_fields = ["total_cents", "closed_at"]
+    readonly_fields = ["version", "total_cents", "closed_at", "stripe_invoice_id"]
     actions = ["void_and_reissue", "resync_stripe"]
 
     @admin.action(description="Re-sync to Stripe")
@@ -117,12 +127,8 @@ class InvoiceAdmin(admin.ModelAdmin):
     @admin.action(description="Void and re-issue from the ledger")
     def void_and_reissue(self, request, queryset):
         for invoice in queryset.exclude(status=Invoice.Status.VOID):
-            invoice.status = Invoice.Status.VOID
-            invoice.save(update_fields=["status"])
-            new = services.invoice_close(
-                organization=invoice.organization, period_start=invoice.period_start
-            )
-            messages.info(request, f"{invoice} re-issued: {new.total_cents}¢")
+            new = invoice_reissue(invoice_id=invoice.pk)
+            messages.info(request, f"{invoice} re-issued as {new}: {new.total_cents}¢")
 
 
 @admin.register(Credit)
@@ -138,3 +144,15 @@ class CreditAdmin(admin.ModelAdmin):
             organization=obj.organization, amount_cents=obj.amount_cents, reason=obj.reason
         )
         obj.pk = credit.pk
+
+
+@admin.register(Plan)
+class PlanAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "is_default",
+        "max_deployments",
+        "monthly_spend_limit_cents",
+        "max_gpus_per_type",
+        "gpu_types",
+    ]

@@ -53,7 +53,7 @@ def usage(request):
 class InvoiceLineOut(serializers.ModelSerializer):
     class Meta:
         model = InvoiceLine
-        fields = ["deployment_name", "kind", "quantity", "amount_cents"]
+        fields = ["deployment_name", "kind", "late", "quantity", "amount_cents"]
 
 
 class InvoiceOut(serializers.ModelSerializer):
@@ -62,7 +62,7 @@ class InvoiceOut(serializers.ModelSerializer):
 
     class Meta:
         model = Invoice
-        fields = ["id", "period", "status", "total_cents", "closed_at", "lines"]
+        fields = ["id", "period", "version", "status", "total_cents", "closed_at", "lines"]
 
     def get_period(self, inv) -> str:
         return inv.period_start.strftime("%Y-%m")

@@ -112,7 +112,11 @@ class TokenRate(models.Model):
 
 class UsageRecord(models.Model):
     """The append-only ledger. One row per (source, window); the idempotency key makes a
-    replayed or duplicated write a no-op. Amounts in micro-dollars (integers)."""
+    replayed or duplicated write a no-op. Amounts in micro-dollars (integers).
+
+    `invoice` is the one column written after the fact: the closed invoice that counted the
+    row. A row is claimed once, so it is invoiced once; a row that lands after its month
+    closed is still unclaimed and goes on the next invoice as late usage."""
 
     organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="usage")
     kind = models.CharField(max_length=16, choices=UsageKind.choices)
@@ -126,6 +130,9 @@ class UsageRecord(models.Model):
     gpu_type = models.CharField(max_length=32, blank=True)
     model = models.CharField(max_length=100, blank=True)
     idempotency_key = models.CharField(max_length=200, unique=True)
+    invoice = models.ForeignKey(
+        "Invoice", on_delete=models.PROTECT, null=True, blank=True, related_name="records"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -133,6 +140,30 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.quantity} ({self.idempotency_key})"
+
+
+class UsageDay(models.Model):
+    """The ledger summed per organization, UTC day, deployment and kind. usage_ingest adds
+    the rows it actually inserted (never a duplicate) in the same transaction, so a day
+    here always equals the sum of its ledger rows; the read path (usage page, usage API,
+    month spend) sums days instead of rows."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    day = models.DateField()
+    deployment_name = models.CharField(max_length=63, blank=True)
+    kind = models.CharField(max_length=16, choices=UsageKind.choices)
+    quantity = models.BigIntegerField(default=0)
+    amount_micros = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "day", "deployment_name", "kind"], name="usage_day_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id} {self.day} {self.deployment_name} {self.kind}"
 
 
 class Invoice(models.Model):
@@ -145,6 +176,9 @@ class Invoice(models.Model):
         Organization, on_delete=models.PROTECT, related_name="invoices"
     )
     period_start = models.DateField(help_text="First day of the month.")
+    version = models.PositiveIntegerField(
+        default=1, help_text="1, then one more each time the month is voided and re-issued."
+    )
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.OPEN)
     total_cents = models.BigIntegerField(default=0)
     closed_at = models.DateTimeField(null=True, blank=True)
@@ -157,26 +191,45 @@ class Invoice(models.Model):
                 fields=["organization", "period_start"],
                 condition=~Q(status="void"),
                 name="invoice_one_per_month",
-            )
+            ),
+            models.UniqueConstraint(
+                fields=["organization", "period_start", "version"], name="invoice_version_unique"
+            ),
         ]
-        ordering = ["-period_start"]
+        ordering = ["-period_start", "-version"]
 
     def __str__(self) -> str:
-        return f"{self.organization} {self.period_start:%Y-%m}"
+        version = f" v{self.version}" if self.version > 1 else ""
+        return f"{self.organization} {self.period_start:%Y-%m}{version}"
+
+    @property
+    def identity(self) -> str:
+        """What this invoice is, whenever it is pushed: Stripe idempotency keys and metadata
+        derive from it, never from the time of the call or the row id."""
+        return f"gantry-{self.organization_id}-{self.period_start:%Y-%m}-v{self.version}"
 
 
 class InvoiceLine(models.Model):
     invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
     deployment_name = models.CharField(max_length=63, blank=True)
     kind = models.CharField(max_length=16, choices=UsageKind.choices)
+    late = models.BooleanField(
+        default=False, help_text="Usage of an earlier month that landed after it closed."
+    )
     quantity = models.BigIntegerField()
     amount_cents = models.BigIntegerField()
 
     class Meta:
-        ordering = ["deployment_name", "kind"]
+        ordering = ["late", "deployment_name", "kind"]
 
     def __str__(self) -> str:
-        return f"{self.deployment_name} {self.kind} {self.amount_cents}¢"
+        late = " (late)" if self.late else ""
+        return f"{self.deployment_name} {self.kind}{late} {self.amount_cents}¢"
+
+    @property
+    def key(self) -> str:
+        """The line's identity within its invoice (for Stripe idempotency and metadata)."""
+        return f"{self.deployment_name}:{self.kind}:{'late' if self.late else 'period'}"
 
 
 class StripeEvent(models.Model):
@@ -200,3 +253,41 @@ class Credit(models.Model):
 
     def __str__(self) -> str:
         return f"{self.amount_cents}¢ to {self.organization}: {self.reason}"
+
+
+class Plan(models.Model):
+    """Default limits a new organization starts with; operators edit plans in the admin.
+    A plan's values are copied into an organization's Quota when that is first made, so
+    editing a plan changes organizations from then on, and each Quota stays editable."""
+
+    name = models.CharField(max_length=64, unique=True)
+    is_default = models.BooleanField(
+        default=False, help_text="New organizations get this plan's limits."
+    )
+    max_deployments = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Empty: no limit."
+    )
+    monthly_spend_limit_cents = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Empty: no limit."
+    )
+    max_gpus_per_type = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="GPUs of each listed GPU type, all regions together. Empty: no limit.",
+    )
+    gpu_types = models.CharField(
+        max_length=400,
+        blank=True,
+        help_text="Comma-separated GPU-type codes max_gpus_per_type applies to.",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_default"], condition=Q(is_default=True), name="plan_one_default"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name + (" (default)" if self.is_default else "")

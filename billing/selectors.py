@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime
 from django.db.models import OuterRef, Subquery, Sum
 from django.utils import timezone
 
-from billing.models import GpuRate, UsageRecord
+from billing.models import GpuRate, UsageDay, UsageRecord
 from portal.models import Organization
 
 MICROS_PER_CENT = 10_000
@@ -41,9 +41,11 @@ def month_spend_cents(organization: Organization | int, at: datetime | None = No
     """What the organization's usage this (UTC) month costs so far, credits deducted."""
     start, end = month_bounds(at)
     org_id = organization if isinstance(organization, int) else organization.pk
+    # The daily totals equal the ledger's rows of their days (usage_ingest keeps them so);
+    # a month is whole UTC days, so summing days reads a few rows instead of the month's.
     micros = (
-        UsageRecord.objects.filter(
-            organization_id=org_id, window_start__gte=start, window_start__lt=end
+        UsageDay.objects.filter(
+            organization_id=org_id, day__gte=start.date(), day__lt=end.date()
         ).aggregate(m=Sum("amount_micros"))["m"]
         or 0
     )

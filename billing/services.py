@@ -5,33 +5,33 @@ deployment id and name, region and GPU-type codes — and call these functions; 
 never imports them.
 """
 
-from collections import defaultdict
-from datetime import date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Sum
+from django.db.models import F
 from django.utils import timezone
 
 from billing.models import (
     BillingAccount,
     Credit,
     GpuQuota,
-    Invoice,
-    InvoiceLine,
     Quota,
     TokenRate,
+    UsageDay,
     UsageKind,
     UsageRecord,
 )
+from billing.plans import quota_get_or_create
 from billing.selectors import (
     MICROS_PER_CENT,
     gpu_hour_cents,
-    month_bounds,
     month_spend_cents,
-    month_start,
 )
+from billing.selectors import month_start as month_start  # re-exported for older callers
 from billing.selectors import next_month as next_month  # re-exported for older callers
+from billing.usage import usage_by_day as usage_by_day  # re-exported: the usage page calls it
+from billing.usage import usage_lines as usage_lines  # re-exported: the usage page calls it
 from portal.models import Organization
 
 WINDOW = timedelta(minutes=1)
@@ -43,7 +43,7 @@ WINDOW = timedelta(minutes=1)
 def quota_lock(organization: Organization) -> Quota:
     """The organization's quota row, locked until the caller's transaction ends. Every
     capacity decision of the organization takes it first, so they happen one at a time."""
-    Quota.objects.get_or_create(organization=organization)
+    quota_get_or_create(organization)
     return Quota.objects.select_for_update().get(organization=organization)
 
 
@@ -79,7 +79,7 @@ def capacity_allowed(organization: Organization, quota: Quota) -> None:
 
 
 def spend_status(organization: Organization) -> dict:
-    quota, _ = Quota.objects.get_or_create(organization=organization)
+    quota = quota_get_or_create(organization)
     spent = month_spend_cents(organization)
     limit = quota.monthly_spend_limit_cents
     percent = round(100 * spent / limit) if limit else None
@@ -87,7 +87,7 @@ def spend_status(organization: Organization) -> dict:
         "spent_cents": spent,
         "limit_cents": limit,
         "percent": percent,
-        "soft": bool(limit and percent >= quota.soft_alert_percent),
+        "soft": percent is not None and percent >= quota.soft_alert_percent,
         "hard": bool(limit and spent >= limit),
     }
 
@@ -295,42 +295,102 @@ _INGEST_COLUMNS = [
 
 def usage_ingest(records: list[UsageRecord], *, batch_size: int = 2000) -> None:
     """Append priced records to the ledger; records whose idempotency key is already there
-    (or repeats within the batch) are skipped by the database: exactly once, whatever the
-    input repeats. On PostgreSQL the batch is streamed with COPY into a staging table and
-    merged with one INSERT … ON CONFLICT DO NOTHING."""
+    (or repeats within the batch) are skipped: exactly once, whatever the input repeats.
+    The rows actually inserted are added to the daily totals (UsageDay) in the same
+    transaction. On PostgreSQL the batch is streamed with COPY into a staging table and
+    merged with one statement: INSERT … ON CONFLICT DO NOTHING RETURNING feeds the upsert
+    of the daily totals, so a skipped duplicate never reaches them."""
     if not records:
         return
     if connection.vendor != "postgresql":
-        UsageRecord.objects.bulk_create(records, ignore_conflicts=True, batch_size=batch_size)
+        _ingest_portable(records, batch_size=batch_size)
         return
     cols = ", ".join(_INGEST_COLUMNS)
     now = timezone.now()
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS billing_usage_stage ON COMMIT DELETE ROWS "
+            # Column names come from _INGEST_COLUMNS, a module constant; every value goes
+            # through COPY or a bound parameter, never into the SQL text.
+            "CREATE TEMP TABLE IF NOT EXISTS billing_usage_stage ON COMMIT DELETE ROWS "  # noqa: S608
             f"AS SELECT {cols} FROM billing_usagerecord WITH NO DATA"
         )
         with cursor.cursor.copy(f"COPY billing_usage_stage ({cols}) FROM STDIN") as copy:
             for r in records:
                 copy.write_row([getattr(r, c) for c in _INGEST_COLUMNS])
+        # Daily totals are upserted in key order so concurrent batches lock them in the
+        # same order and cannot deadlock on each other.
         cursor.execute(
-            f"INSERT INTO billing_usagerecord ({cols}, created_at) "
+            f"WITH inserted AS (INSERT INTO billing_usagerecord ({cols}, created_at) "  # noqa: S608
             f"SELECT DISTINCT ON (idempotency_key) {cols}, %s FROM billing_usage_stage "
-            "ON CONFLICT (idempotency_key) DO NOTHING",
+            "ON CONFLICT (idempotency_key) DO NOTHING "
+            "RETURNING organization_id, window_start, deployment_name, kind, quantity, "
+            "amount_micros) "
+            "INSERT INTO billing_usageday "
+            "(organization_id, day, deployment_name, kind, quantity, amount_micros) "
+            "SELECT organization_id, (window_start AT TIME ZONE 'UTC')::date AS day, "
+            "deployment_name, kind, SUM(quantity), SUM(amount_micros) FROM inserted "
+            "GROUP BY organization_id, day, deployment_name, kind "
+            "ORDER BY organization_id, day, deployment_name, kind "
+            "ON CONFLICT (organization_id, day, deployment_name, kind) DO UPDATE SET "
+            "quantity = billing_usageday.quantity + EXCLUDED.quantity, "
+            "amount_micros = billing_usageday.amount_micros + EXCLUDED.amount_micros",
             [now],
         )
 
 
+def _ingest_portable(records: list[UsageRecord], *, batch_size: int) -> None:
+    """The same on SQLite (the embedded default), where transactions are IMMEDIATE: the
+    write lock is held from the start, so checking which keys exist and then inserting
+    the others cannot race another writer."""
+    fresh: dict[str, UsageRecord] = {}
+    for r in records:
+        fresh.setdefault(r.idempotency_key, r)
+    with transaction.atomic():
+        keys = list(fresh)
+        for i in range(0, len(keys), 500):
+            for key in UsageRecord.objects.filter(
+                idempotency_key__in=keys[i : i + 500]
+            ).values_list("idempotency_key", flat=True):
+                del fresh[key]
+        UsageRecord.objects.bulk_create(fresh.values(), batch_size=batch_size)
+        days: dict[tuple, list[int]] = {}
+        for r in fresh.values():
+            day_key = (
+                r.organization_id,
+                r.window_start.astimezone(UTC).date(),
+                r.deployment_name,
+                r.kind,
+            )
+            total = days.setdefault(day_key, [0, 0])
+            total[0] += r.quantity
+            total[1] += r.amount_micros
+        for (org_id, day, name, kind), (quantity, micros) in sorted(days.items()):
+            row, _ = UsageDay.objects.get_or_create(
+                organization_id=org_id, day=day, deployment_name=name, kind=kind
+            )
+            UsageDay.objects.filter(pk=row.pk).update(
+                quantity=F("quantity") + quantity, amount_micros=F("amount_micros") + micros
+            )
+
+
 @transaction.atomic
-def credit_issue(*, organization: Organization, amount_cents: int, reason: str) -> Credit:
+def credit_issue(
+    *, organization: Organization, amount_cents: int, reason: str, at: datetime | None = None
+) -> Credit:
+    """A credit enters the ledger at `at` (default now) as a negative amount, so it is on
+    the invoice of that month — or, when that month is closed already, carried to the
+    next one like any late usage — and reaches Stripe as a negative invoice item."""
     if amount_cents <= 0:
         raise ValidationError({"amount_cents": "Give a positive amount in cents."})
     if not reason.strip():
         raise ValidationError({"reason": "Say why the credit is given."})
+    now = timezone.now()
+    if at is not None and at > now:
+        raise ValidationError({"at": "A credit cannot be dated in the future."})
     credit = Credit.objects.create(
         organization=organization, amount_cents=amount_cents, reason=reason.strip()
     )
-    now = timezone.now()
+    when = at or now
     usage_ingest(
         [
             UsageRecord(
@@ -338,104 +398,11 @@ def credit_issue(*, organization: Organization, amount_cents: int, reason: str) 
                 kind=UsageKind.CREDIT,
                 quantity=1,
                 amount_micros=-amount_cents * MICROS_PER_CENT,
-                window_start=now,
-                window_end=now,
+                window_start=when,
+                window_end=when,
                 deployment_name="",
                 idempotency_key=f"credit:{credit.pk}",
             )
         ]
     )
     return credit
-
-
-# --- Invoices -------------------------------------------------------------------------
-
-
-@transaction.atomic
-def invoice_close(*, organization: Organization, period_start: date) -> Invoice:
-    """The month's invoice, one line per deployment and kind, from the ledger. Closing
-    again gives the same invoice: lines are recomputed from the same records."""
-    period_start = month_start(period_start)
-    start, end = month_bounds(period_start)
-    invoice, _ = (
-        Invoice.objects.select_for_update()
-        .exclude(status=Invoice.Status.VOID)
-        .get_or_create(organization=organization, period_start=period_start)
-    )
-    if invoice.status == Invoice.Status.CLOSED:
-        return invoice
-    sums = (
-        UsageRecord.objects.filter(
-            organization=organization, window_start__gte=start, window_start__lt=end
-        )
-        .values("deployment_name", "kind")
-        .annotate(quantity=Sum("quantity"), micros=Sum("amount_micros"))
-        .order_by("deployment_name", "kind")
-    )
-    invoice.lines.all().delete()
-    lines = [
-        InvoiceLine(
-            invoice=invoice,
-            deployment_name=s["deployment_name"],
-            kind=s["kind"],
-            quantity=s["quantity"],
-            amount_cents=round(s["micros"] / MICROS_PER_CENT),
-        )
-        for s in sums
-    ]
-    InvoiceLine.objects.bulk_create(lines)
-    invoice.total_cents = sum(line.amount_cents for line in lines)
-    if timezone.now() >= end:
-        invoice.status = Invoice.Status.CLOSED
-        invoice.closed_at = timezone.now()
-        from billing import stripe_sync
-        from billing.tasks import push_invoice
-
-        if stripe_sync.enabled():
-            transaction.on_commit(lambda: push_invoice.delay(invoice.pk))
-    invoice.save()
-    return invoice
-
-
-def invoices_close_month(*, period_start: date) -> int:
-    """Close the month's invoice of every organization that used something in it."""
-    start, end = month_bounds(period_start)
-    org_ids = (
-        UsageRecord.objects.filter(window_start__gte=start, window_start__lt=end)
-        .values_list("organization_id", flat=True)
-        .distinct()
-    )
-    closed = 0
-    for org in Organization.objects.filter(pk__in=list(org_ids)):
-        invoice_close(organization=org, period_start=period_start)
-        closed += 1
-    return closed
-
-
-def usage_lines(*, organization: Organization, start: datetime, end: datetime) -> list[dict]:
-    rows = (
-        UsageRecord.objects.filter(
-            organization=organization, window_start__gte=start, window_start__lt=end
-        )
-        .values("deployment_name", "kind")
-        .annotate(quantity=Sum("quantity"), micros=Sum("amount_micros"))
-        .order_by("deployment_name", "kind")
-    )
-    return [
-        {
-            "deployment": r["deployment_name"],
-            "kind": r["kind"],
-            "quantity": r["quantity"],
-            "amount": f"{r['micros'] / 1_000_000:.6f}",
-        }
-        for r in rows
-    ]
-
-
-def usage_by_day(*, organization: Organization, start: datetime, end: datetime) -> dict:
-    days: dict = defaultdict(lambda: defaultdict(int))
-    for r in UsageRecord.objects.filter(
-        organization=organization, window_start__gte=start, window_start__lt=end
-    ).values("window_start", "kind", "quantity"):
-        days[r["window_start"].date().isoformat()][r["kind"]] += r["quantity"]
-    return {d: dict(v) for d, v in sorted(days.items())}

@@ -1,11 +1,18 @@
 """Stripe, when STRIPE_API_KEY and STRIPE_WEBHOOK_SECRET are set.
 
 Gantry rates usage itself (the ledger and the rate table) and closes invoices; Stripe
-collects. So each closed invoice is pushed as invoice items — one per invoice line, the
-amount Gantry computed — plus an invoice that includes them. Meter events would make
-Stripe rate the usage again from prices configured there, a second source of truth for
-prices; invoice items keep one. Every call carries an idempotency key derived from the
-organization, month and line, so a retried or replayed push never bills twice.
+collects. So each closed invoice is pushed as a draft Stripe invoice with one invoice item
+per line — the amount Gantry computed; a credit is a line with a negative amount, which
+Stripe subtracts from the invoice — and then finalized. Meter events would make Stripe
+rate the usage again from prices configured there, a second source of truth for prices;
+invoice items keep one.
+
+Pushing is idempotent on the invoice's identity (organization, month, version), not on
+the time of the call: Stripe forgets idempotency keys after 24 hours, so before creating
+anything the push looks for what an earlier push made — the Stripe invoice id recorded
+here, else a Stripe invoice of the customer whose metadata carries the identity, and the
+items already on it by their line key. A re-issued invoice (the next version) voids or
+deletes the Stripe invoices of the versions before it.
 """
 
 import logging
@@ -43,40 +50,139 @@ def customer_ensure(account: BillingAccount) -> str:
     return customer.id
 
 
+class StripeSyncError(Exception):
+    pass
+
+
+def _metadata(obj, key: str) -> str | None:
+    # StripeObject is not a dict (no .get); fields are attributes, metadata keys items.
+    meta = getattr(obj, "metadata", None)
+    return meta[key] if meta is not None and key in meta else None
+
+
+def _by_identity(client: stripe.StripeClient, customer: str) -> dict:
+    """The customer's Stripe invoices that carry a Gantry identity, by identity."""
+    found = {}
+    for candidate in client.v1.invoices.list(
+        params={"customer": customer, "limit": 100}
+    ).auto_paging_iter():
+        identity = _metadata(candidate, "gantry_identity")
+        if identity:
+            found[identity] = candidate
+    return found
+
+
+def _void_superseded(client: stripe.StripeClient, invoice: Invoice, remote_by_identity) -> None:
+    """The Stripe invoices of earlier versions of this month stop asking for money: a draft
+    is deleted, a finalized one voided; one already void or deleted is left alone."""
+    older = Invoice.objects.filter(
+        organization_id=invoice.organization_id,
+        period_start=invoice.period_start,
+        version__lt=invoice.version,
+    )
+    for old in older:
+        if old.stripe_invoice_id:
+            try:
+                remote = client.v1.invoices.retrieve(old.stripe_invoice_id)
+            except stripe.InvalidRequestError as exc:
+                if exc.code == "resource_missing":  # a deleted draft
+                    continue
+                raise
+        else:  # pushed by a run that died before recording the id, or never pushed
+            remote = remote_by_identity().get(old.identity)
+            if remote is None:
+                continue
+        if remote.status == "draft":
+            client.v1.invoices.delete(remote.id)
+        elif remote.status in ("open", "uncollectible"):
+            client.v1.invoices.void_invoice(
+                remote.id, options={"idempotency_key": f"{old.identity}-void"}
+            )
+        elif remote.status == "paid":
+            raise StripeSyncError(
+                f"{old} is paid in Stripe ({remote.id}): it cannot be voided; refund or "
+                "credit it in Stripe before pushing the re-issued invoice."
+            )
+
+
 def invoice_push(invoice: Invoice) -> str:
-    """Mirror a closed invoice in Stripe; returns the Stripe invoice id."""
+    """Mirror a closed invoice in Stripe, exactly once however often it is called; returns
+    the Stripe invoice id ("" for a void invoice: its live version's push voids it)."""
+    # The invoice row stays locked for the whole push, Stripe calls included: a re-issue
+    # (which locks it too) waits for a running push to record what it made, so the next
+    # version's push always finds the Stripe invoice it must void.
+    with transaction.atomic():
+        invoice = Invoice.objects.select_for_update().get(pk=invoice.pk)
+        if invoice.status == Invoice.Status.VOID:
+            return ""
+        if invoice.status != Invoice.Status.CLOSED:
+            raise StripeSyncError(f"{invoice} is open: only closed invoices are pushed.")
+        return _push_locked(invoice)
+
+
+def _push_locked(invoice: Invoice) -> str:
     account, _ = BillingAccount.objects.get_or_create(organization=invoice.organization)
     customer = customer_ensure(account)
     client = _client()
+    listed: dict | None = None
+
+    def remote_by_identity() -> dict:
+        nonlocal listed
+        if listed is None:
+            listed = _by_identity(client, customer)
+        return listed
+
+    _void_superseded(client, invoice, remote_by_identity)
+    identity = invoice.identity
     period = invoice.period_start.strftime("%Y-%m")
-    base = f"gantry-{invoice.organization_id}-{period}-v{invoice.pk}"
-    stripe_invoice = client.v1.invoices.create(
-        params={
-            "customer": customer,
-            "collection_method": "charge_automatically",
-            "auto_advance": True,
-            "pending_invoice_items_behavior": "exclude",
-            "metadata": {"gantry_invoice": str(invoice.pk), "period": period},
-        },
-        options={"idempotency_key": f"{base}-invoice"},
-    )
+    if invoice.stripe_invoice_id:
+        remote = client.v1.invoices.retrieve(invoice.stripe_invoice_id)
+    else:
+        remote = remote_by_identity().get(identity)
+    if remote is None:
+        remote = client.v1.invoices.create(
+            params={
+                "customer": customer,
+                "collection_method": "charge_automatically",
+                # Finalized below, once every item is on it; Stripe would otherwise finalize
+                # the draft by itself about an hour later, items or not.
+                "auto_advance": False,
+                "pending_invoice_items_behavior": "exclude",
+                "metadata": {"gantry_identity": identity, "period": period},
+            },
+            options={"idempotency_key": identity},
+        )
+    Invoice.objects.filter(pk=invoice.pk).update(stripe_invoice_id=remote.id)
+    if remote.status != "draft":
+        return remote.id  # finalized by an earlier push: its items are all there
+    present = {
+        _metadata(item, "gantry_line")
+        for item in client.v1.invoice_items.list(
+            params={"invoice": remote.id, "limit": 100}
+        ).auto_paging_iter()
+    }
     for line in invoice.lines.all():
-        if line.amount_cents <= 0:
+        if line.amount_cents == 0 or line.key in present:
             continue
+        late = " (late usage)" if line.late else ""
         client.v1.invoice_items.create(
             params={
                 "customer": customer,
-                "invoice": stripe_invoice.id,
+                "invoice": remote.id,
                 "amount": line.amount_cents,
                 "currency": "usd",
-                "description": f"{line.deployment_name or 'usage'} — "
-                f"{line.get_kind_display()} ({period})",
-                "metadata": {"gantry_invoice": str(invoice.pk), "kind": line.kind},
+                "description": f"{line.deployment_name or 'account'} — "
+                f"{line.get_kind_display()}{late} ({period})",
+                "metadata": {"gantry_identity": identity, "gantry_line": line.key},
             },
-            options={"idempotency_key": f"{base}-{line.deployment_name}-{line.kind}"},
+            options={"idempotency_key": f"{identity}-{line.key}"},
         )
-    Invoice.objects.filter(pk=invoice.pk).update(stripe_invoice_id=stripe_invoice.id)
-    return stripe_invoice.id
+    client.v1.invoices.finalize_invoice(
+        remote.id,
+        params={"auto_advance": True},
+        options={"idempotency_key": f"{identity}-finalize"},
+    )
+    return remote.id
 
 
 class WebhookRejected(Exception):

@@ -4,7 +4,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import parsers, serializers, status, viewsets
 from rest_framework.response import Response
 
-from builder import services
+from builder import selectors, services, submit, weights
 from builder.access import access_build
 from builder.models import Build, Upload, WeightsCache
 from portal.access import require
@@ -52,7 +52,7 @@ class BuildOut(serializers.ModelSerializer):
         return b.catalog_model.slug if b.catalog_model_id else None
 
     def get_weights(self, b) -> dict | None:
-        cache = WeightsCache.objects.filter(key=services._cache_key(b)).first()
+        cache = WeightsCache.objects.filter(key=weights.cache_key(b)).first()
         if cache is None:
             return None
         return {
@@ -95,7 +95,7 @@ class BuildViewSet(viewsets.GenericViewSet):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return Build.objects.none()
-        return Build.objects.filter(organization=self.request.org).select_related("catalog_model")
+        return selectors.build_list(org=self.request.org)
 
     def list(self, request):
         require(request.membership, "builds.view")
@@ -113,36 +113,19 @@ class BuildViewSet(viewsets.GenericViewSet):
         data = BuildIn(data=request.data)
         data.is_valid(raise_exception=True)
         v, src = data.validated_data, data.validated_data["source"]
-        from django.db import transaction
-
-        source = {
-            "source_kind": src["kind"],
-            "repo_id": src["repo_id"],
-            "revision": src["revision"],
-            "token": src["token"],
-            "upload_id": src["upload"],
-            "path": src["path"],
-        }
-        inspected = services.source_inspect(organization=request.org, **source)
-        # All or nothing: a spec that does not validate leaves no draft behind.
-        with transaction.atomic():
-            build = services.build_create(
-                organization=request.org,
-                user=request.user,
-                name=v["name"],
-                inspected=inspected,
-                **source,
-            )
-            build = services.build_configure(
-                build=build,
-                engine=v["engine"] or build.engine,
-                engine_version=v["engine_version"],
-                quantization=v["quantization"],
-                max_context=v["max_context"],
-                options=v["options"],
-                env=v["env"],
-            )
-            build = services.build_start(build=build)
+        build = submit.build_submit(
+            organization=request.org,
+            user=request.user,
+            name=v["name"],
+            source_kind=src["kind"],
+            repo_id=src["repo_id"],
+            revision=src["revision"],
+            token=src["token"],
+            upload_id=src["upload"],
+            path=src["path"],
+            spec={k: v[k] for k in ("engine", "engine_version", "quantization", "max_context")}
+            | {"options": v["options"], "env": v["env"]},
+        )
         return Response(BuildOut(build).data, status=status.HTTP_201_CREATED)
 
 
@@ -153,7 +136,7 @@ class UploadViewSet(viewsets.GenericViewSet):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):
             return Upload.objects.none()
-        return Upload.objects.filter(organization=self.request.org)
+        return selectors.upload_list(org=self.request.org)
 
     @extend_schema(
         request={

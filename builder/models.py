@@ -82,6 +82,9 @@ class Build(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # The lease of the worker running the build, renewed while it runs (builder/recovery.py):
+    # a build whose lease ran out has lost its worker and is failed with that reason.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -120,6 +123,7 @@ class WeightsCache(models.Model):
     bytes_done = models.PositiveBigIntegerField(default=0)
     error = models.TextField(blank=True)
     updated_at = models.DateTimeField(auto_now=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)  # as Build.heartbeat_at
 
     def __str__(self) -> str:
         return f"{self.key} ({self.status})"

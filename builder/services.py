@@ -1,50 +1,30 @@
-"""The builder: uploads, inspection, build specs, image builds and the weights cache."""
+"""The builder's steps before the image build: uploads, source inspection, the build spec,
+and queueing the build. The build itself is in `images`, the weights cache in `weights`,
+and the composite operations both doors call in `submit`."""
 
-import base64
 import hashlib
-import json
 import logging
 import re
 import shutil
-import tempfile
-import time
 import uuid
 from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.utils import timezone
 
+from billing.selectors import gpu_hour_cents
 from builder import specs
+from builder.hub_tokens import token_encrypt
 from builder.inspection import ModelFacts, inspect_folder, inspect_gguf, inspect_hub
 from builder.models import Build, BuildStatus, Upload, WeightsCache
-from deployments.engines import PROGRESS_FILE
+from builder.weights import progress_write, weights_cache_for, weights_files
 from deployments.models import GpuType, Node
 from marketplace.fit import BYTES_PER_PARAM, estimate, format_price, gpu_memory_gib
-from marketplace.models import CatalogModel, Managed, ServingProfile
+from marketplace.models import CatalogModel
 
 log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,58}[a-z0-9])?$")
-LOG_LIMIT = 64 * 1024
-
-
-# --- Secrets --------------------------------------------------------------------------
-
-
-def _fernet():
-    from cryptography.fernet import Fernet
-
-    key = hashlib.sha256(f"gantry.builder:{settings.SECRET_KEY}".encode()).digest()
-    return Fernet(base64.urlsafe_b64encode(key))
-
-
-def token_encrypt(token: str) -> str:
-    return _fernet().encrypt(token.encode()).decode() if token else ""
-
-
-def token_decrypt(value: str) -> str:
-    return _fernet().decrypt(value.encode()).decode() if value else ""
 
 
 # --- Uploads --------------------------------------------------------------------------
@@ -181,7 +161,7 @@ def largest_fit(facts: ModelFacts, quantization: str = "") -> list[dict]:
                 "gpu_type": gpu.code,
                 "gpu_name": gpu.name,
                 "gpu_count": count,
-                "price_per_hour": format_price(gpu.price_per_hour_cents * count),
+                "price_per_hour": format_price(gpu_hour_cents(gpu.code) * count),
                 "fits": fit.fits,
                 "required_gib": fit.required_gib,
                 "available_gib": fit.available_gib,
@@ -240,6 +220,19 @@ def source_inspect(
     return facts, resolved, upload
 
 
+def build_name_check(*, organization, name: str) -> str:
+    """The normalised name, or a field error: checked before inspecting, which calls the hub."""
+    name = (name or "").strip().lower()
+    if not NAME_RE.match(name):
+        raise ValidationError({"name": "Use 1–60 lowercase letters, digits or hyphens."})
+    if (
+        CatalogModel.objects.filter(organization=organization, slug=name).exists()
+        or Build.objects.filter(organization=organization, name=name).exists()
+    ):
+        raise ValidationError({"name": f"{organization.slug} already has a model {name!r}."})
+    return name
+
+
 def build_create(
     *,
     organization,
@@ -254,14 +247,7 @@ def build_create(
     inspected: tuple | None = None,
 ) -> Build:
     """Steps 1 and 2: take the source, inspect it (unless already done), keep the draft."""
-    name = (name or "").strip().lower()
-    if not NAME_RE.match(name):
-        raise ValidationError({"name": "Use 1–60 lowercase letters, digits or hyphens."})
-    if (
-        CatalogModel.objects.filter(organization=organization, slug=name).exists()
-        or Build.objects.filter(organization=organization, name=name).exists()
-    ):
-        raise ValidationError({"name": f"{organization.slug} already has a model {name!r}."})
+    name = build_name_check(organization=organization, name=name)
     facts, resolved, upload = inspected or source_inspect(
         organization=organization,
         source_kind=source_kind,
@@ -371,342 +357,8 @@ def build_start(*, build: Build) -> Build:
     folder = Path(cache.path)
     folder.mkdir(parents=True, exist_ok=True)
     if cache.status != WeightsCache.Status.READY:
-        _progress(folder, "pending", 0, sum(size for _, size in _weights_files(build)))
+        progress_write(folder, "pending", 0, sum(size for _, size in weights_files(build)))
     transaction.on_commit(lambda: run_build.delay(build.pk))
     transaction.on_commit(lambda: prefetch_weights.delay(cache.pk, build.pk))
     build.refresh_from_db()
     return build
-
-
-# --- Weights cache ------------------------------------------------------------------------
-
-
-def _cache_key(build: Build) -> str:
-    if build.source_kind == Build.Source.HUGGINGFACE:
-        return f"{build.repo_id}@{build.resolved_revision}"
-    if build.source_kind == Build.Source.UPLOAD:
-        return f"upload:{build.upload_id}"
-    return f"path:{build.path}"
-
-
-def weights_cache_for(build: Build) -> WeightsCache:
-    key = _cache_key(build)
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "--", key)
-    folder = Path(settings.GANTRY_MODEL_DIRS[0]) / "cache" / safe
-    cache, _ = WeightsCache.objects.get_or_create(key=key, defaults={"path": str(folder)})
-    return cache
-
-
-def _weights_files(build: Build) -> list[list]:
-    files = build.facts.get("files", [])
-    if build.facts.get("format") == "gguf":
-        ggufs = [f for f in files if f[0].endswith(".gguf")]
-        # The hub may offer several quantizations: take the smallest that is there.
-        return sorted(ggufs, key=lambda f: f[1])[:1]
-    return [f for f in files if f[0].endswith((".safetensors", ".json", ".model", ".txt"))]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _verify_hash(build: Build, name: str, target: Path) -> None:
-    """Check a fetched file against the hash its source gives: the upload's SHA-256 for a
-    single-file upload, the hub's ETag where it is a SHA-256 (large files)."""
-    expected = ""
-    if (
-        build.source_kind == Build.Source.UPLOAD
-        and build.upload
-        and build.upload.kind == Upload.Kind.GGUF
-    ):
-        expected = build.upload.sha256
-    elif build.source_kind == Build.Source.HUGGINGFACE:
-        from huggingface_hub import get_hf_file_metadata, hf_hub_url
-
-        meta = get_hf_file_metadata(
-            hf_hub_url(
-                build.repo_id,
-                name,
-                revision=build.resolved_revision,
-                endpoint=settings.HF_ENDPOINT or None,
-            ),
-            token=token_decrypt(build.token_encrypted) or None,
-        )
-        etag = (meta.etag or "").strip('"')
-        expected = etag if re.fullmatch(r"[0-9a-f]{64}", etag) else ""
-    if expected and _sha256(target) != expected:
-        target.unlink(missing_ok=True)
-        raise ValidationError({"weights": f"{name}: its SHA-256 does not match the source's."})
-
-
-def _progress(folder: Path, status: str, done: int, total: int, error: str = "") -> None:
-    tmp = folder / f".{PROGRESS_FILE}.tmp"
-    tmp.write_text(
-        json.dumps({"status": status, "bytes_done": done, "bytes_total": total, "error": error})
-    )
-    tmp.replace(folder / PROGRESS_FILE)
-
-
-def weights_prefetch(*, cache_id: int, build_id: int) -> WeightsCache:
-    """Fill the cache: download (resumably, checking sizes) or copy the model files.
-    Idempotent: files already there at the right size are kept."""
-    cache = WeightsCache.objects.get(pk=cache_id)
-    build = Build.objects.select_related("upload").get(pk=build_id)
-    folder = Path(cache.path)
-    folder.mkdir(parents=True, exist_ok=True)
-    files = _weights_files(build)
-    total = sum(size for _, size in files)
-    WeightsCache.objects.filter(pk=cache.pk).update(
-        status=WeightsCache.Status.FETCHING,
-        files=[name for name, _ in files],
-        bytes_total=total,
-        error="",
-    )
-    # Deployments learn about the fetch from this file beside the weights (the deployments
-    # layer knows nothing of builds): they wait, showing the progress, instead of failing.
-    _progress(folder, "fetching", 0, total)
-    done = 0
-    try:
-        for name, size in files:
-            target = folder / name
-            if target.is_file() and target.stat().st_size == size:
-                done += size
-                continue
-            if build.source_kind == Build.Source.HUGGINGFACE:
-                from huggingface_hub import hf_hub_download
-
-                hf_hub_download(
-                    build.repo_id,
-                    name,
-                    revision=build.resolved_revision,
-                    token=token_decrypt(build.token_encrypted) or None,
-                    endpoint=settings.HF_ENDPOINT or None,
-                    local_dir=str(folder),
-                )
-            else:
-                src_root = Path(build.upload.path) if build.upload else Path(build.path)
-                src = src_root if src_root.is_file() else src_root / name
-                tmp = target.with_name(f".{name}.partial")
-                shutil.copyfile(src, tmp)
-                tmp.replace(target)
-            _verify_hash(build, name, target)
-            if size and target.stat().st_size != size:
-                raise ValidationError(
-                    {"weights": (f"{name}: got {target.stat().st_size} bytes, expected {size}.")}
-                )
-            done += target.stat().st_size
-            WeightsCache.objects.filter(pk=cache.pk).update(bytes_done=done)
-            _progress(folder, "fetching", done, total)
-    except Exception as exc:
-        WeightsCache.objects.filter(pk=cache.pk).update(
-            status=WeightsCache.Status.FAILED, error=str(exc)[:2000]
-        )
-        _progress(folder, "failed", done, total, error=str(exc)[:300])
-        log.warning("weights %s failed: %s", cache.key, exc)
-        raise
-    WeightsCache.objects.filter(pk=cache.pk).update(
-        status=WeightsCache.Status.READY, bytes_done=done, bytes_total=max(total, done)
-    )
-    (folder / PROGRESS_FILE).unlink(missing_ok=True)
-    cache.refresh_from_db()
-    return cache
-
-
-# --- The image build ----------------------------------------------------------------------
-
-
-class _Log:
-    """Build output, flushed to the row twice a second so the page can follow it."""
-
-    def __init__(self, build_id: int):
-        self.build_id, self.text, self.flushed = build_id, "", 0.0
-
-    def write(self, line: str, phase: str | None = None) -> None:
-        self.text = (self.text + line)[-LOG_LIMIT:]
-        now = time.monotonic()
-        if phase or now - self.flushed > 0.5:
-            self.flush(phase)
-
-    def flush(self, phase: str | None = None) -> None:
-        values = {"log": self.text}
-        if phase:
-            values["phase"] = phase
-        Build.objects.filter(pk=self.build_id).update(**values)
-        self.flushed = time.monotonic()
-
-
-def image_tag(build: Build) -> str:
-    rev = re.sub(r"[^a-z0-9_.-]", "-", (build.resolved_revision or "latest").lower())[:40]
-    repo = f"{build.organization.slug}/{build.name}"
-    registry = settings.REGISTRY_URL
-    return f"{registry}/{repo}:{rev}" if registry else f"gantry-builds/{repo}:{rev}"
-
-
-def _ensure_base_image(client, image: str, out: _Log) -> None:
-    from docker.errors import ImageNotFound
-
-    try:
-        client.images.get(image)
-        return
-    except ImageNotFound:
-        if not settings.BUILDER_PULL_BASE_IMAGES:
-            raise RuntimeError(
-                f"base image {image} is not on the Docker host: load it there, or set "
-                "BUILDER_PULL_BASE_IMAGES=true to let builds pull it"
-            ) from None
-    out.write(f"$ pull {image}\n", phase="pulling base image")
-    client.images.pull(image)
-
-
-def build_run(*, build_id: int) -> Build:
-    """Render, build, push, register. A failure keeps the log and says why."""
-    import docker
-    from docker.errors import APIError, DockerException
-
-    build = Build.objects.select_related("organization").get(pk=build_id)
-    out = _Log(build.pk)
-    Build.objects.filter(pk=build.pk).update(status=BuildStatus.BUILDING, started_at=timezone.now())
-    try:
-        spec = specs.spec_document(build)
-        digest_of_spec = specs.spec_hash(spec)
-        dockerfile = specs.render_dockerfile(
-            spec, build_id=build.pk, org=build.organization.slug, name=build.name
-        )
-        tag = image_tag(build)
-        out.write(f"$ spec {digest_of_spec[:12]} → {tag}\n{dockerfile}\n", phase="rendering")
-        client = docker.DockerClient(base_url=settings.DOCKER_HOST, timeout=600)
-        _ensure_base_image(client, spec["base_image"], out)
-        with tempfile.TemporaryDirectory(prefix="gantry-build-") as ctx:
-            Path(ctx, "Dockerfile").write_text(dockerfile)
-            Path(ctx, "gantry-spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True))
-            out.write("", phase="building image")
-            step = ""
-            for chunk in client.api.build(
-                path=ctx,
-                tag=tag,
-                rm=True,
-                forcerm=True,
-                decode=True,
-                network_mode="host",
-                pull=False,
-            ):
-                if "error" in chunk:
-                    raise RuntimeError(chunk["error"].strip())
-                text = chunk.get("stream", "")
-                if text.startswith("Step "):
-                    step = text.strip()
-                    out.write(text, phase=f"building: {step[:80]}")
-                elif text:
-                    out.write(text)
-        digest = ""
-        if settings.REGISTRY_URL:
-            out.write(f"$ push {tag}\n", phase="pushing to registry")
-            repo, _, version = tag.rpartition(":")
-            for chunk in client.images.push(repo, tag=version, stream=True, decode=True):
-                if "error" in chunk:
-                    raise RuntimeError(chunk["error"].strip())
-                if chunk.get("aux", {}).get("Digest"):
-                    digest = chunk["aux"]["Digest"]
-                if chunk.get("status") and "id" not in chunk:
-                    out.write(chunk["status"] + "\n")
-        if not digest:
-            digest = client.images.get(tag).id
-        out.write(f"image {tag}\ndigest {digest}\n", phase="registering model")
-        model = register_catalog_entry(build=Build.objects.get(pk=build.pk), image=tag)
-        Build.objects.filter(pk=build.pk).update(
-            status=BuildStatus.SUCCEEDED,
-            phase="done",
-            image=tag,
-            digest=digest,
-            spec_hash=digest_of_spec,
-            catalog_model=model,
-            finished_at=timezone.now(),
-            log=out.text,
-        )
-    except (DockerException, APIError, RuntimeError, OSError, ValidationError) as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        out.write(f"\nBUILD FAILED: {reason}\n")
-        Build.objects.filter(pk=build.pk).update(
-            status=BuildStatus.FAILED,
-            phase="failed",
-            error=reason[:2000],
-            log=out.text,
-            finished_at=timezone.now(),
-        )
-        log.warning("build %s failed: %s", build.pk, reason)
-    return Build.objects.get(pk=build.pk)
-
-
-@transaction.atomic
-def register_catalog_entry(*, build: Build, image: str) -> CatalogModel:
-    """The build's result: a private catalog entry with one profile, deployable like any
-    marketplace model."""
-    from marketplace.services import profile_refresh_fit
-
-    facts = build.facts
-    cache = weights_cache_for(build)
-    files = _weights_files(build)
-    if build.engine == "llama.cpp":
-        model_ref = str(Path(cache.path) / files[0][0]) if files else ""
-    else:
-        model_ref = build.repo_id or cache.path
-    params_b = round((facts.get("parameters") or 0) / 1e9, 2) or 0.01
-    model, _ = CatalogModel.objects.update_or_create(
-        organization=build.organization,
-        slug=build.name,
-        defaults={
-            "name": build.name,
-            "family": "other",
-            "hf_repo": build.repo_id,
-            "description": f"Built by Gantry from {build.source_label}.",
-            "tasks": ["chat"],
-            "architecture": facts.get("architecture", ""),
-            "parameters_b": params_b,
-            "context_length": facts.get("context_length") or 4096,
-            "license": facts.get("license") or "unknown",
-            "gated": facts.get("gated", False),
-            "num_layers": facts.get("num_layers") or 1,
-            "hidden_size": facts.get("hidden_size") or 1,
-            "num_heads": facts.get("num_heads") or 1,
-            "num_kv_heads": facts.get("num_kv_heads") or 1,
-            "head_dim": facts.get("head_dim") or 1,
-            "managed_by": Managed.OPERATOR,
-            "sources": {"all": f"inspected by the builder (build {build.pk})"},
-        },
-    )
-    facts_obj = _facts(facts)
-    quant = gguf_quantization(facts_obj) if build.engine == "llama.cpp" else build.quantization
-    fitting = [r for r in largest_fit(facts_obj, quant) if r["fits"]]
-    # CPU first for llama.cpp builds (it is what they are for); else the first GPU that fits.
-    cpu = [r for r in fitting if r["gpu_type"] == "cpu"]
-    gpu_code = (cpu or fitting or [{"gpu_type": "cpu"}])[0]["gpu_type"]
-    if build.engine != "llama.cpp":
-        gpu_code = next((r["gpu_type"] for r in fitting if r["gpu_type"] != "cpu"), gpu_code)
-    model.profiles.all().delete()
-    profile = ServingProfile.objects.create(
-        model=model,
-        name=f"build-{build.pk}",
-        engine=build.engine,
-        gpu_type=GpuType.objects.get(code=gpu_code),
-        gpu_count=1,
-        quantization=quant,
-        max_model_len=build.max_context or 4096,
-        concurrent_sequences=1,
-        engine_args=specs.option_args(build.engine, build.options),
-        model_ref=model_ref,
-        image=image,
-    )
-    profile_refresh_fit(profile)
-    return model
-
-
-def _facts(data: dict) -> ModelFacts:
-    facts = ModelFacts()
-    for key, value in data.items():
-        if hasattr(facts, key):
-            setattr(facts, key, value)
-    return facts

@@ -216,20 +216,36 @@ def _quote(value: str) -> str:
     return json.dumps(str(value))
 
 
-def render_dockerfile(spec: dict, *, build_id: int, org: str, name: str) -> str:
-    """The engine's template filled with validated values. No user text is pasted raw:
-    variables are JSON-quoted; the weights are not copied in. Two steps, so a rebuild
-    after a config-only change is quick."""
-    env = {
+def image_env(spec: dict) -> dict[str, str]:
+    return {
         "GANTRY_ENGINE": spec["engine"],
         "GANTRY_MAX_CONTEXT": str(spec["max_context"] or 0),
         **spec["env"],
     }
+
+
+def image_labels(spec: dict, *, build_id: int, org: str, name: str) -> dict[str, str]:
+    """The spec travels in the image as labels (readable with `docker inspect`), not as a
+    file: a file would need a layer, and a layer needs a real build."""
+    return {
+        "io.gantry.spec": json.dumps(spec, sort_keys=True),
+        "io.gantry.spec-hash": spec_hash(spec),
+        "io.gantry.build": f"{org}/{name} (build {build_id})",
+    }
+
+
+def render_dockerfile(spec: dict, *, build_id: int, org: str, name: str) -> str:
+    """What the image is, as a Dockerfile: the engine's base with validated values. No user
+    text is pasted raw: values are JSON-quoted; the weights are not copied in. Only ENV and
+    LABEL, so the image is made as a config over the base's layers (builder/images.py)."""
+    env = image_env(spec)
+    labels = image_labels(spec, build_id=build_id, org=org, name=name)
     env_lines = " \\\n    ".join(f"{k}={_quote(v)}" for k, v in sorted(env.items()))
+    label_lines = " \\\n      ".join(f"{k}={_quote(v)}" for k, v in sorted(labels.items()))
     return (
         f"# Rendered by Gantry from a validated build spec (build {build_id}, {org}/{name}); "
         "edit the spec, not this file.\n"
         f"FROM {spec['base_image']}\n"
         f"ENV {env_lines}\n"
-        f"COPY gantry-spec.json /etc/gantry/spec.json\n"
+        f"LABEL {label_lines}\n"
     )

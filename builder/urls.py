@@ -7,7 +7,7 @@ app_name = "builder"
 urlpatterns = [
     path("builds/", views.build_list, name="list"),
     path("builds/new/", views.build_new, name="new"),
-    path("builds/<int:pk>/", views.build_detail, name="detail"),
-    path("builds/<int:pk>/configure/", views.build_configure, name="configure"),
-    path("builds/<int:pk>/start/", views.build_start, name="start"),
+    path("builds/<id:pk>/", views.build_detail, name="detail"),
+    path("builds/<id:pk>/configure/", views.build_configure, name="configure"),
+    path("builds/<id:pk>/start/", views.build_start, name="start"),
 ]

@@ -4,7 +4,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
-from builder import services, specs
+from builder import selectors, services, specs, submit, weights
 from builder.access import access_build
 from builder.inspection import ModelFacts
 from builder.models import Build, WeightsCache
@@ -16,7 +16,7 @@ from portal.views import org_required
 @org_required
 def build_list(request: HttpRequest) -> HttpResponse:
     require(request.membership, "builds.view")
-    builds = Build.objects.filter(organization=request.org).select_related("catalog_model")
+    builds = selectors.build_list(org=request.org)
     return render(
         request,
         "builder/build_list.html",
@@ -45,7 +45,7 @@ def build_new(request: HttpRequest) -> HttpResponse:
                     user=request.user,
                     files=request.FILES.getlist("files"),
                 ).pk
-            build = services.build_create(
+            build = submit.build_submit(
                 organization=request.org,
                 user=request.user,
                 name=data.get("name", ""),
@@ -75,7 +75,7 @@ def _detail_context(request, build: Build, errors=None) -> dict:
     facts = ModelFacts(
         **{k: v for k, v in build.facts.items() if k in ModelFacts.__dataclass_fields__}
     )
-    cache = WeightsCache.objects.filter(key=services._cache_key(build)).first()
+    cache = WeightsCache.objects.filter(key=weights.cache_key(build)).first()
     return {
         "build": build,
         "facts": build.facts,

@@ -14,9 +14,8 @@ from deployments.models import (
 
 @admin.register(GpuType)
 class GpuTypeAdmin(admin.ModelAdmin):
-    list_display = ["code", "name", "memory_gb", "price_per_hour_cents"]
-    # Prices come from the billing rate table (GPU rates), refreshed every minute.
-    readonly_fields = ["price_per_hour_cents"]
+    # No price here: a GPU-hour's one price is the billing rate table (GPU rates).
+    list_display = ["code", "name", "memory_gb"]
 
 
 class PoolInline(admin.TabularInline):
@@ -49,7 +48,6 @@ class PoolForm(forms.ModelForm):
             "driver",
             "gpu_type",
             "config",
-            "price_per_hour_cents",
             "enabled",
         ]
         widgets = {"config": forms.Textarea(attrs={"rows": 4})}

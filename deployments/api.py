@@ -5,11 +5,14 @@ from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action, api_view
 from rest_framework.response import Response
 
+from billing.selectors import gpu_hour_prices
 from deployments import selectors, services
 from deployments.access import access_deployment, access_replica
 from deployments.models import Deployment, DeploymentEvent, GpuType, Replica
 from deployments.placement import capacity_by_region_and_type
+from deployments.sources import source_deploy, source_list
 from portal.access import require
+from portal.converters import ID_PATTERN
 
 # --- Output ---------------------------------------------------------------------------
 
@@ -39,9 +42,18 @@ class RegionOut(serializers.Serializer):
 
 
 class GpuTypeOut(serializers.ModelSerializer):
+    # The one price of a GPU-hour, from billing's rate table (what the ledger charges).
+    price_per_hour_cents = serializers.SerializerMethodField()
+
     class Meta:
         model = GpuType
         fields = ["code", "name", "memory_gb", "price_per_hour_cents"]
+
+    def get_price_per_hour_cents(self, gpu) -> int:
+        prices = self.context.get("prices")
+        if prices is None:
+            prices = self.context["prices"] = gpu_hour_prices()
+        return prices.get(gpu.code, 0)
 
 
 class ReplicaOut(serializers.ModelSerializer):
@@ -145,20 +157,68 @@ class EventOut(serializers.ModelSerializer):
 # --- Input ----------------------------------------------------------------------------
 
 
+# Fields that describe the engine itself. With a deployment source (`model`, `build`) the
+# source's profile sets them, so giving them too is a contradiction, refused.
+ENGINE_FIELDS = ("engine", "image", "model_ref", "engine_args", "gpu_type", "gpus_per_replica")
+RAW_REQUIRED = ("name", "model_ref", "gpu_type", "regions")
+
+
 class DeploymentIn(serializers.Serializer):
-    name = serializers.CharField(max_length=63)
+    """A registered source (`model`, `build`) with an optional `profile`; or the raw engine
+    fields."""
+
+    name = serializers.CharField(max_length=63, required=False, allow_blank=True, default="")
+    profile = serializers.CharField(
+        required=False, allow_blank=True, default="", help_text="with model or build"
+    )
     engine = serializers.CharField(required=False, default="llama.cpp")
     image = serializers.CharField(required=False, allow_blank=True, default="")
-    model_ref = serializers.CharField(max_length=255)
+    model_ref = serializers.CharField(max_length=255, required=False)
     engine_args = serializers.ListField(child=serializers.CharField(), required=False, default=list)
-    gpu_type = serializers.CharField()
+    gpu_type = serializers.CharField(required=False)
     gpus_per_replica = serializers.IntegerField(required=False, default=1)
     min_replicas = serializers.IntegerField(required=False, default=1)
     max_replicas = serializers.IntegerField(required=False, default=1)
     replicas = serializers.IntegerField(required=False, allow_null=True, default=None)
-    regions = serializers.ListField(child=serializers.CharField(), allow_empty=False)
+    regions = serializers.ListField(child=serializers.CharField(), required=False)
     autoscale_target = serializers.IntegerField(required=False, allow_null=True, default=None)
     scale_to_zero_after_s = serializers.IntegerField(required=False, allow_null=True, default=None)
+
+    def get_fields(self):
+        fields = super().get_fields()
+        for source in source_list():
+            fields[source.field] = serializers.CharField(
+                required=False, max_length=255, help_text=source.help_text
+            )
+        return fields
+
+    def validate(self, attrs):
+        given = [s.field for s in source_list() if attrs.get(s.field) not in (None, "")]
+        if len(given) > 1:
+            message = f"Give one of {' or '.join(given)}, not both."
+            raise serializers.ValidationError({f: [message] for f in given})
+        sent = set(self.initial_data or {})
+        if given:
+            clash = [f for f in ENGINE_FIELDS if f in sent]
+            if clash:
+                message = f"Set by {given[0]}'s profile; leave it out when deploying a {given[0]}."
+                raise serializers.ValidationError({f: [message] for f in clash})
+            if "regions" in sent and not attrs.get("regions"):
+                raise serializers.ValidationError({"regions": ["Give at least one region code."]})
+            attrs["source"] = given[0]
+            return attrs
+        if attrs.get("profile"):
+            names = " or ".join(s.field for s in source_list()) or "a deployment source"
+            raise serializers.ValidationError({"profile": [f"A profile goes with {names}."]})
+        if not sent & {*RAW_REQUIRED, *ENGINE_FIELDS} - {"name"}:
+            names = ", ".join(f"{s.field} ({s.help_text})" for s in source_list())
+            message = f"Give {names}, or the engine fields (model_ref, gpu_type, regions)."
+            raise serializers.ValidationError({"non_field_errors": [message]})
+        missing = {f: ["This field is required."] for f in RAW_REQUIRED if not attrs.get(f)}
+        if missing:
+            raise serializers.ValidationError(missing)
+        attrs["source"] = None
+        return attrs
 
 
 class ScaleIn(serializers.Serializer):
@@ -178,7 +238,8 @@ def region_list(request):
 @extend_schema(responses=GpuTypeOut(many=True))
 @api_view(["GET"])
 def gpu_type_list(request):
-    return Response(GpuTypeOut(GpuType.objects.all(), many=True).data)
+    gpus = GpuType.objects.all()
+    return Response(GpuTypeOut(gpus, many=True, context={"prices": gpu_hour_prices()}).data)
 
 
 @extend_schema(responses=CapacityOut(many=True))
@@ -210,9 +271,28 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         require(request.membership, "deployments.manage")
         data = DeploymentIn(data=request.data)
         data.is_valid(raise_exception=True)
-        deployment = services.deployment_create(
-            organization=request.org, user=request.user, **data.validated_data
-        )
+        v = dict(data.validated_data)
+        source = v.pop("source")
+        if source is None:
+            v.pop("profile", None)
+            deployment = services.deployment_create(
+                organization=request.org, user=request.user, **v
+            )
+        else:
+            deployment = source_deploy(
+                field=source,
+                org=request.org,
+                user=request.user,
+                value=v[source],
+                profile=v["profile"] or None,
+                regions=v.get("regions") or None,
+                name=v["name"],
+                min_replicas=v["min_replicas"],
+                max_replicas=v["max_replicas"],
+                replicas=v["replicas"],
+                autoscale_target=v["autoscale_target"],
+                scale_to_zero_after_s=v["scale_to_zero_after_s"],
+            )
         return Response(DeploymentOut(deployment).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(responses={204: None})
@@ -260,7 +340,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         parameters=[OpenApiParameter("tail", int, description="lines (default 200)")],
         responses=ReplicaLogOut,
     )
-    @action(detail=True, methods=["get"], url_path=r"replicas/(?P<replica_id>\d+)/logs")
+    @action(detail=True, methods=["get"], url_path=rf"replicas/(?P<replica_id>{ID_PATTERN})/logs")
     def logs(self, request, pk=None, replica_id=None):
         require(request.membership, "deployments.view")
         replica = access_replica(request.org, pk, replica_id)

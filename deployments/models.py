@@ -11,8 +11,7 @@ class GpuType(models.Model):
     code = models.SlugField(max_length=32, unique=True)
     name = models.CharField(max_length=64)
     memory_gb = models.PositiveIntegerField(help_text="Memory of one GPU; 0 for CPU slots.")
-    # List price in minor units (cents) per GPU-hour; the billing rate table refines it.
-    price_per_hour_cents = models.PositiveIntegerField(default=0)
+    # No price here: a GPU-hour's one price is billing's rate table (billing.selectors).
 
     class Meta:
         ordering = ["-memory_gb", "code"]
@@ -54,9 +53,6 @@ class GpuPool(models.Model):
     # Driver settings (docker_url, namespace, kubeconfig context, port range…). May hold
     # credentials: never rendered outside the admin's own form.
     config = models.JSONField(default=dict, blank=True)
-    price_per_hour_cents = models.PositiveIntegerField(
-        null=True, blank=True, help_text="Per GPU-hour; empty = the GPU type's list price."
-    )
     enabled = models.BooleanField(default=True)
     healthy = models.BooleanField(default=True)
     health_message = models.CharField(max_length=300, blank=True)
@@ -70,12 +66,6 @@ class GpuPool(models.Model):
 
     def __str__(self) -> str:
         return f"{self.region.code}/{self.name}"
-
-    @property
-    def effective_price_cents(self) -> int:
-        if self.price_per_hour_cents is not None:
-            return self.price_per_hour_cents
-        return self.gpu_type.price_per_hour_cents
 
 
 class Node(models.Model):

@@ -17,7 +17,6 @@ import json
 import psycopg
 from django.db import connection, transaction
 from django.db.models import Case, F, IntegerField, Sum, Value, When
-from django.db.models.functions import Coalesce
 
 from deployments.models import (
     LIVE_REPLICA_STATUSES,
@@ -45,7 +44,6 @@ def _candidates(deployment: Deployment):
         ],
         output_field=IntegerField(),
     )
-    price = Coalesce("pool__price_per_hour_cents", "pool__gpu_type__price_per_hour_cents")
     return (
         Node.objects.filter(
             pool__region__code__in=deployment.regions,
@@ -56,10 +54,11 @@ def _candidates(deployment: Deployment):
             healthy=True,
             gpus_allocated__lte=F("gpus_total") - n,
         )
-        .annotate(rank=rank, price=price, free=F("gpus_total") - F("gpus_allocated"))
-        # Preferred region first, then the cheaper pool, then the node with the most
-        # room (spreads load and keeps big holes for big replicas elsewhere).
-        .order_by("rank", "price", "-free", "pk")
+        .annotate(rank=rank, free=F("gpus_total") - F("gpus_allocated"))
+        # Preferred region first, then the node with the most room (spreads load and keeps
+        # big holes for big replicas elsewhere). Price does not rank pools: a GPU-hour of a
+        # type costs the same in every pool (one price, billing's rate table).
+        .order_by("rank", "-free", "pk")
         .values_list("pk", "pool_id", "pool__region_id")
     )
 
@@ -86,27 +85,26 @@ def place_replica(*, deployment: Deployment, ordinal: int) -> Replica:
 _PLACE_SQL = """
 WITH pools AS (
     SELECT p.id, p.region_id,
-           array_position(%(regions)s::text[], r.code::text) AS rank,
-           COALESCE(p.price_per_hour_cents, %(type_price)s) AS price
+           array_position(%(regions)s::text[], r.code::text) AS rank
     FROM deployments_gpupool p
     JOIN deployments_region r ON r.id = p.region_id
     WHERE r.code = ANY(%(regions)s::text[]) AND r.enabled AND p.gpu_type_id = %(gpu_type)s
       AND p.enabled AND p.healthy
 ), best AS (
-    -- The most preferred, then cheapest, group of pools that has room at all: only its
-    -- nodes are ranked below.
-    SELECT rank, price FROM pools
+    -- The most preferred region's pools that have room at all: only their nodes are
+    -- ranked below.
+    SELECT rank FROM pools
     WHERE EXISTS (
         SELECT 1 FROM deployments_node n
         WHERE n.pool_id = pools.id AND n.healthy AND n.gpus_allocated <= n.gpus_total - %(n)s
     )
-    ORDER BY rank, price
+    ORDER BY rank
     LIMIT 1
 ), pick AS (
     SELECT n.id, n.pool_id, pools.region_id
     FROM deployments_node n
     JOIN pools ON pools.id = n.pool_id
-    JOIN best ON best.rank = pools.rank AND best.price = pools.price
+    JOIN best ON best.rank = pools.rank
     WHERE n.healthy AND n.gpus_allocated <= n.gpus_total - %(n)s
     ORDER BY n.gpus_total - n.gpus_allocated DESC, n.id
     LIMIT 1
@@ -177,7 +175,6 @@ def _place_postgres(*, deployment: Deployment, ordinal: int) -> Replica:
     params = {
         "regions": list(deployment.regions),
         "gpu_type": deployment.gpu_type_id,
-        "type_price": deployment.gpu_type.price_per_hour_cents,
         "n": n,
         "deployment": deployment.pk,
         "ordinal": ordinal,

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db.models import Count, F, Prefetch, Q, QuerySet, Sum
 from django.utils import timezone
 
-from billing.models import Quota
+from billing.plans import quota_get_or_create
 from billing.selectors import month_spend_cents
 from deployments.models import (
     LATENCY_BUCKETS_MS,
@@ -112,7 +112,7 @@ def region_gpu_usage(*, organization_id: int, gpu_type: str) -> dict[str, int]:
 
 def quota_usage(*, org: Organization) -> list[dict]:
     """Each limit of the organization's quota next to what it uses."""
-    quota, _ = Quota.objects.get_or_create(organization=org)
+    quota = quota_get_or_create(org)
     live = Deployment.objects.filter(organization=org, deleted_at__isnull=True)
     rows = [
         {

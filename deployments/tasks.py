@@ -5,8 +5,10 @@ inside their bodies: importing them at the top would make the two modules a cycl
 """
 
 from celery import shared_task
+from django.conf import settings
 
 from deployments.drivers import DriverUnavailable
+from deployments.models import GpuPool
 
 
 @shared_task(
@@ -17,8 +19,6 @@ from deployments.drivers import DriverUnavailable
     max_retries=5,
 )
 def reconcile_deployment(deployment_id: int) -> str:
-    from django.conf import settings
-
     from deployments.services import deployment_reconcile
 
     result = deployment_reconcile(deployment_id=deployment_id)
@@ -41,7 +41,6 @@ def reconcile_all() -> int:
 
 @shared_task(acks_late=True)
 def check_pools() -> int:
-    from deployments.models import GpuPool
     from deployments.services import pool_check
 
     pools = list(GpuPool.objects.filter(enabled=True))
@@ -55,13 +54,6 @@ def enforce_spend_limits() -> int:
     from deployments.services import spend_limits_enforce
 
     return spend_limits_enforce()
-
-
-@shared_task(acks_late=True)
-def refresh_gpu_prices() -> int:
-    from deployments.services import gpu_prices_refresh
-
-    return gpu_prices_refresh()
 
 
 @shared_task(acks_late=True)

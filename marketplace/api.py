@@ -1,15 +1,14 @@
-"""Catalog API, and the catalog's door into POST /api/v1/deployments (model + profile)."""
+"""Catalog API. Deploying a catalog model (`model` in POST /api/v1/deployments) is served by
+the deployments API through the source this app registers in `apps.py`."""
 
-from django.db.models import Min
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import serializers, status, viewsets
+from rest_framework import serializers, viewsets
 from rest_framework.response import Response
 
-from deployments.api import DeploymentIn, DeploymentOut, DeploymentViewSet
-from marketplace import selectors, services
+from marketplace import selectors
+from marketplace.access import access_catalog_model
 from marketplace.fit import price_per_hour_cents
 from marketplace.models import CatalogModel, ServingProfile
-from portal.access import require
 
 
 def _price(cents) -> str | None:
@@ -70,8 +69,10 @@ class ModelOut(serializers.ModelSerializer):
     def get_cheapest_price_per_hour(self, m) -> str | None:
         cents = getattr(m, "cheapest_cents", None)
         if cents is None and not hasattr(m, "cheapest_cents"):
-            cents = m.profiles.filter(fits=True).aggregate(c=Min("gpu_type__price_per_hour_cents"))
-            cents = cents["c"]
+            cheapest = (
+                selectors.profiles_priced().filter(model=m, fits=True).order_by("price_cents")
+            )
+            cents = cheapest.values_list("price_cents", flat=True).first()
         return _price(cents)
 
     def get_private(self, m) -> bool:
@@ -132,67 +133,4 @@ class CatalogViewSet(viewsets.GenericViewSet):
 
     @extend_schema(responses=ModelDetailOut)
     def retrieve(self, request, slug=None):
-        model = selectors.catalog_get(org=request.org, slug=slug)
-        if model is None:
-            from django.http import Http404
-
-            raise Http404
-        return Response(ModelDetailOut(model).data)
-
-
-class CatalogDeploymentIn(DeploymentIn):
-    """Either the raw fields of a deployment, or `model` (a catalog slug) and `profile`."""
-
-    model = serializers.CharField(required=False)
-    profile = serializers.CharField(required=False)
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if "model" in (getattr(self, "initial_data", None) or {}):
-            for name in ("model_ref", "gpu_type", "regions", "name"):
-                self.fields[name].required = False
-
-
-class CatalogDeploymentViewSet(DeploymentViewSet):
-    @extend_schema(request=CatalogDeploymentIn, responses={201: DeploymentOut})
-    def create(self, request):
-        if "model" not in request.data:
-            return super().create(request)
-        require(request.membership, "deployments.manage")
-        data = CatalogDeploymentIn(data=request.data)
-        data.is_valid(raise_exception=True)
-        v = data.validated_data
-        model = selectors.catalog_get(org=request.org, slug=v["model"])
-        if model is None:
-            raise serializers.ValidationError(
-                {"model": [f"No model {v['model']!r} in the catalog."]}
-            )
-        profile = None
-        if v.get("profile"):
-            key = v["profile"]
-            profile = next(
-                (p for p in model.profiles.all() if p.name == key or str(p.pk) == key), None
-            )
-            if profile is None:
-                raise serializers.ValidationError(
-                    {
-                        "profile": [
-                            f"{model.slug} has no profile {key!r}; choose one of: "
-                            + ", ".join(p.name for p in model.profiles.all())
-                        ]
-                    }
-                )
-        else:
-            profile = services.default_profile(model)
-        deployment = services.catalog_deploy(
-            organization=request.org,
-            user=request.user,
-            model=model,
-            profile=profile,
-            regions=v.get("regions") or None,
-            name=v.get("name", ""),
-            min_replicas=v.get("min_replicas", 1),
-            max_replicas=v.get("max_replicas", 1),
-            replicas=v.get("replicas"),
-        )
-        return Response(DeploymentOut(deployment).data, status=status.HTTP_201_CREATED)
+        return Response(ModelDetailOut(access_catalog_model(request.org, slug)).data)

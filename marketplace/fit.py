@@ -17,6 +17,8 @@ from decimal import Decimal
 
 from django.conf import settings
 
+from billing.selectors import gpu_hour_cents
+
 GIB = 2**30
 
 BYTES_PER_PARAM = {
@@ -146,9 +148,13 @@ def profile_fit(profile) -> Fit:
     )
 
 
-def price_per_hour_cents(profile) -> int:
-    """List price per hour of one replica: the GPU type's rate × GPUs per replica."""
-    return profile.gpu_type.price_per_hour_cents * profile.gpu_count
+def price_per_hour_cents(profile, prices: dict[str, int] | None = None) -> int:
+    """Price per hour of one replica: the GPU-hour rate billing charges (its rate table,
+    the one price) × GPUs per replica. `prices` (from ``gpu_hour_prices``) saves a query a
+    profile on pages that list many."""
+    code = profile.gpu_type.code
+    cents = prices.get(code, 0) if prices is not None else gpu_hour_cents(code)
+    return cents * profile.gpu_count
 
 
 def format_price(cents: int) -> str:

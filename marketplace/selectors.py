@@ -1,5 +1,9 @@
-from django.db.models import Exists, F, Min, OuterRef, Prefetch, Q, QuerySet
+from typing import Any
 
+from django.db.models import Exists, F, OuterRef, Prefetch, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
+
+from billing.selectors import gpu_hour_cents_sql
 from marketplace.models import CatalogModel, ServingProfile
 
 SIZES = {
@@ -15,6 +19,15 @@ SORTS = {
     "name": ["name"],
     "price": ["cheapest_cents", "name"],
 }
+
+
+def profiles_priced() -> QuerySet[Any]:
+    # Typed loosely on purpose: the annotation `price_cents` is not a model field, and a
+    # QuerySet[ServingProfile] would make the type checker refuse ordering by it.
+    """Profiles with `price_cents`: a replica-hour at the GPU-hour rate billing charges
+    (its rate table, the one price) × GPUs per replica."""
+    rate = Coalesce(gpu_hour_cents_sql("gpu_type__code"), 0)
+    return ServingProfile.objects.annotate(price_cents=rate * F("gpu_count"))
 
 
 def visible_models(*, org) -> QuerySet[CatalogModel]:
@@ -35,9 +48,11 @@ def catalog_list(
     sort: str = "popular",
 ) -> QuerySet[CatalogModel]:
     qs = visible_models(org=org).annotate(
-        cheapest_cents=Min(
-            F("profiles__gpu_type__price_per_hour_cents") * F("profiles__gpu_count"),
-            filter=Q(profiles__fits=True),
+        cheapest_cents=Subquery(
+            profiles_priced()
+            .filter(model=OuterRef("pk"), fits=True)
+            .order_by("price_cents")
+            .values("price_cents")[:1]
         )
     )
     if search:
@@ -87,9 +102,9 @@ def catalog_get(*, org, slug: str) -> CatalogModel | None:
         .prefetch_related(
             Prefetch(
                 "profiles",
-                queryset=ServingProfile.objects.select_related("gpu_type").order_by(
-                    "gpu_type__price_per_hour_cents", "gpu_count", "name"
-                ),
+                queryset=profiles_priced()
+                .select_related("gpu_type")
+                .order_by("price_cents", "gpu_count", "name"),
             )
         )
         .order_by(F("organization").asc(nulls_last=True))  # an org's own entry wins

@@ -11,11 +11,13 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from billing.selectors import gpu_hour_prices
 from deployments.gpu_types import ensure_gpu_types
 from deployments.models import Deployment, GpuType, Node, Region
 from deployments.placement import explain_unschedulable
 from deployments.services import deployment_create
-from marketplace.fit import profile_fit
+from marketplace import selectors
+from marketplace.fit import price_per_hour_cents, profile_fit
 from marketplace.models import CatalogModel, CatalogSync, Managed, ServingProfile
 
 log = logging.getLogger(__name__)
@@ -223,14 +225,39 @@ def regions_with_room(profile: ServingProfile) -> list[Region]:
 
 def default_profile(model: CatalogModel) -> ServingProfile | None:
     """The cheapest profile that fits and has room somewhere; else the cheapest that fits."""
+    prices = gpu_hour_prices()
     profiles = sorted(
         (p for p in model.profiles.select_related("gpu_type") if p.fits),
-        key=lambda p: (p.gpu_type.price_per_hour_cents * p.gpu_count, p.gpu_count, p.name),
+        key=lambda p: (price_per_hour_cents(p, prices), p.gpu_count, p.name),
     )
     for p in profiles:
         if regions_with_room(p):
             return p
     return profiles[0] if profiles else None
+
+
+def profile_pick(model: CatalogModel, key: str | int | ServingProfile | None) -> ServingProfile:
+    """The profile a caller asked for (by name or id), or the default one when none was asked
+    for. The deploy page and the API both choose through here, so both pick the same one."""
+    if isinstance(key, ServingProfile):
+        profile: ServingProfile | None = key
+    elif key in (None, ""):
+        profile = default_profile(model)
+        if profile is None:
+            raise ValidationError({"profile": f"{model.slug} has no serving profile to deploy."})
+    else:
+        wanted = str(key)
+        profile = next(
+            (p for p in model.profiles.all() if p.name == wanted or str(p.pk) == wanted), None
+        )
+    if profile is None or profile.model_id != model.pk:
+        raise ValidationError(
+            {
+                "profile": f"{model.slug} has no profile {getattr(key, 'name', key)!r}; "
+                "choose one of: " + ", ".join(p.name for p in model.profiles.all())
+            }
+        )
+    return profile
 
 
 CONTEXT_FLAG = {"vllm": "--max-model-len", "sglang": "--context-length", "llama.cpp": "--n_ctx"}
@@ -255,29 +282,27 @@ def _free_name(org, base: str) -> str:
 
 def catalog_deploy(
     *,
-    organization,
+    org,
     user,
     model: CatalogModel,
-    profile: ServingProfile | None,
+    profile: str | int | ServingProfile | None = None,
     regions: list[str] | None = None,
     name: str = "",
     min_replicas: int = 1,
     max_replicas: int = 1,
     replicas: int | None = None,
+    autoscale_target: int | None = None,
+    scale_to_zero_after_s: int | None = None,
+    source: str = "",
 ) -> Deployment:
-    """Deploy a catalog profile. Refuses — with the reason, creating nothing — a profile
-    that does not fit its GPUs, a region without that GPU type, and regions without room."""
-    if profile is None:
-        raise ValidationError({"profile": f"{model.slug} has no serving profile to deploy."})
-    if profile.model_id != model.pk:
-        raise ValidationError(
-            {
-                "profile": f"{profile.name} is not a profile of {model.slug}; choose one of: "
-                + ", ".join(model.profiles.values_list("name", flat=True))
-            }
-        )
+    """Deploy a catalog profile: the one asked for, else the cheapest that fits; in the
+    regions asked for, else the roomiest. Refuses — with the reason, creating nothing — a
+    profile that does not fit its GPUs, a region without that GPU type, and regions without
+    room."""
+    profile = profile_pick(model, profile)
     if not profile.fits:
         raise ValidationError({"profile": profile_fit(profile).sentence})
+    regions = [code for code in (regions or []) if code]
     if not regions:
         roomy = regions_with_room(profile)
         if not roomy:
@@ -305,9 +330,9 @@ def catalog_deploy(
         )
         raise ValidationError({"regions": f"No room: {explain_unschedulable(probe)}."})
     return deployment_create(
-        organization=organization,
+        organization=org,
         user=user,
-        name=name or _free_name(organization, model.slug),
+        name=name or _free_name(org, model.slug),
         engine=profile.engine,
         image=profile.image,
         model_ref=profile.model_ref or model.hf_repo,
@@ -317,6 +342,17 @@ def catalog_deploy(
         min_replicas=min_replicas,
         max_replicas=max_replicas,
         replicas=replicas,
+        autoscale_target=autoscale_target,
+        scale_to_zero_after_s=scale_to_zero_after_s,
         regions=list(regions),
-        source=f"catalog:{model.slug}/{profile.name}",
+        source=source or f"catalog:{model.slug}/{profile.name}",
     )
+
+
+def catalog_deploy_by_slug(*, org, user, value: str, **options) -> Deployment:
+    """The catalog's deployment source: `model` (a slug this organization sees) in
+    POST /api/v1/deployments."""
+    model = selectors.catalog_get(org=org, slug=value)
+    if model is None:
+        raise ValidationError({"model": f"No model {value!r} in the catalog."})
+    return catalog_deploy(org=org, user=user, model=model, **options)

@@ -3,19 +3,20 @@ from urllib.parse import urlencode
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
+from billing.selectors import gpu_hour_prices
 from deployments.models import Region
 from marketplace import selectors, services
+from marketplace.access import access_catalog_model
 from marketplace.fit import format_price, price_per_hour_cents, profile_fit
 from portal.access import require
 from portal.roles import can
 from portal.views import org_required
 
 FILTERS = ("search", "family", "size", "task", "license", "engine", "gpu_type", "sort")
-PAGE_SIZE = 48
 PAGE_SIZE = 48
 
 
@@ -38,23 +39,21 @@ def grid(request: HttpRequest) -> HttpResponse:
     return render(request, template, context)
 
 
-def _model_or_404(request, slug):
-    model = selectors.catalog_get(org=request.org, slug=slug)
-    if model is None:
-        raise Http404(f"No model {slug!r} in the catalog.")
-    return model
-
-
 def _profile_rows(model) -> list[dict]:
+    prices = gpu_hour_prices()
     return [
-        {"profile": p, "fit": profile_fit(p), "price": format_price(price_per_hour_cents(p))}
+        {
+            "profile": p,
+            "fit": profile_fit(p),
+            "price": format_price(price_per_hour_cents(p, prices)),
+        }
         for p in model.profiles.all()
     ]
 
 
 @org_required
 def model_detail(request: HttpRequest, slug: str) -> HttpResponse:
-    model = _model_or_404(request, slug)
+    model = access_catalog_model(request.org, slug)
     return render(
         request,
         "marketplace/model_detail.html",
@@ -70,21 +69,26 @@ def model_detail(request: HttpRequest, slug: str) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def deploy(request: HttpRequest, slug: str) -> HttpResponse:
     require(request.membership, "deployments.manage")
-    model = _model_or_404(request, slug)
+    model = access_catalog_model(request.org, slug)
     profiles = list(model.profiles.all())
     data = request.POST if request.method == "POST" else request.GET
-    chosen = next((p for p in profiles if p.name == data.get("profile")), None)
-    profile = chosen or services.default_profile(model)
+    error = None
+    # The page previews what the service will choose; the POST lets the service choose.
+    try:
+        profile = services.profile_pick(model, data.get("profile") or None)
+    except ValidationError as exc:
+        # A GET only previews: a model without profiles, or a stale ?profile= in a link,
+        # shows the choices rather than an error.
+        profile, error = None, (exc if request.method == "POST" else None)
     roomy = services.regions_with_room(profile) if profile else []
     region = data.get("region") or (roomy[0].code if roomy else "")
-    error = None
-    if request.method == "POST":
+    if request.method == "POST" and error is None:
         try:
             deployment = services.catalog_deploy(
-                organization=request.org,
+                org=request.org,
                 user=request.user,
                 model=model,
-                profile=chosen,
+                profile=profile,
                 regions=[region] if region else None,
                 name=data.get("name", "").strip(),
             )

@@ -7,7 +7,14 @@ from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
 from portal import selectors, services
-from portal.access import access_api_key, access_invitation, access_membership, require
+from portal.access import (
+    access_api_key,
+    access_api_key_to_revoke,
+    access_invitation,
+    access_membership,
+    access_membership_to_remove,
+    require,
+)
 from portal.models import ApiKey, Invitation, Membership, Organization, Role
 
 # --- Output ---------------------------------------------------------------------------
@@ -138,9 +145,7 @@ class ApiKeyViewSet(viewsets.GenericViewSet):
     @extend_schema(responses={204: None})
     def destroy(self, request, pk=None):
         """Revoke the key. It stops authenticating at once; the row stays for the record."""
-        key = access_api_key(request.org, pk)
-        if key.created_by_id != request.user.pk:
-            require(request.membership, "keys.manage")
+        key = access_api_key_to_revoke(request.membership, pk)
         services.api_key_revoke(api_key=key)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -175,9 +180,7 @@ class MemberViewSet(viewsets.GenericViewSet):
 
     @extend_schema(responses={204: None})
     def destroy(self, request, pk=None):
-        membership = access_membership(request.org, pk)
-        if membership.user_id != request.user.pk:
-            require(request.membership, "members.manage")
+        membership = access_membership_to_remove(request.membership, pk)
         services.membership_remove(actor=request.membership, membership=membership)
         return Response(status=status.HTTP_204_NO_CONTENT)
 

@@ -30,10 +30,6 @@ app.conf.beat_schedule = {
         "task": "deployments.tasks.autoscale_deployments",
         "schedule": 15.0,
     },
-    "refresh-gpu-prices": {
-        "task": "deployments.tasks.refresh_gpu_prices",
-        "schedule": 60.0,
-    },
     "enforce-spend-limits": {
         "task": "deployments.tasks.enforce_spend_limits",
         "schedule": 60.0,
@@ -45,6 +41,10 @@ app.conf.beat_schedule = {
     "check-pools": {
         "task": "deployments.tasks.check_pools",
         "schedule": 30.0,
+    },
+    "recover-stuck-builds": {
+        "task": "builder.tasks.recover_stuck_builds",
+        "schedule": float(settings.BUILDER_LEASE_S) / 2,
     },
     "purge-expired-invitations": {
         "task": "portal.tasks.purge_expired_invitations",

@@ -1,3 +1,4 @@
+from django.apps import apps
 from django.db.models import QuerySet
 
 from portal.models import ApiKey, Invitation, Membership, Organization
@@ -31,3 +32,15 @@ def organization_summary(org: Organization) -> dict:
         "api_keys": ApiKey.objects.filter(organization=org, revoked_at=None).count(),
         "invitations": Invitation.objects.filter(organization=org, accepted_at=None).count(),
     }
+
+
+def app_dashboard_cards(org: Organization) -> list[dict]:
+    """The cards other apps put on the dashboard, in INSTALLED_APPS order. Tenancy sits below
+    them and may not import them, so each app offers `dashboard_cards(org)` on its AppConfig
+    (title, and a `stat` or `text`, a `url` and its `link` words)."""
+    return [
+        card
+        for config in apps.get_app_configs()
+        if hasattr(config, "dashboard_cards")
+        for card in config.dashboard_cards(org)
+    ]

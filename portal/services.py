@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User as AuthUser
 from django.contrib.auth.password_validation import validate_password
 from django.core import signing
 from django.core.exceptions import ValidationError
@@ -15,6 +15,7 @@ from django.db import IntegrityError, transaction
 from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.module_loading import import_string
 from django.utils.text import slugify
 
 from portal.models import ApiKey, Invitation, Membership, Organization, Role, slug_validator
@@ -30,7 +31,8 @@ INVITATION_SALT = "gantry.invitation"
 
 
 def _free_slug(base: str) -> str:
-    base = (slugify(base)[:34].strip("-") or "org").lower()
+    # slugify keeps underscores, which slugs here do not allow; runs of them become one dash.
+    base = re.sub(r"[^a-z0-9]+", "-", slugify(base).lower())[:34].strip("-") or "org"
     slug, n = base, 1
     while Organization.objects.filter(slug=slug).exists():
         n += 1
@@ -40,7 +42,7 @@ def _free_slug(base: str) -> str:
 
 @transaction.atomic
 def organization_create(
-    *, name: str, owner: AbstractBaseUser, slug: str = "", personal: bool = False
+    *, name: str, owner: AuthUser, slug: str = "", personal: bool = False
 ) -> Organization:
     name = name.strip()
     if not name:
@@ -56,19 +58,56 @@ def organization_create(
             raise ValidationError({"slug": f"The slug “{slug}” is taken; choose another."})
     else:
         slug = _free_slug(name)
+    _check_may_own_another(owner)
     try:
         with transaction.atomic():
             org = Organization.objects.create(slug=slug, name=name, personal=personal)
     except IntegrityError as exc:  # a concurrent create took the slug between check and insert
         raise ValidationError({"slug": f"The slug “{slug}” is taken; choose another."}) from exc
     Membership.objects.create(organization=org, user=owner, role=Role.OWNER)
+    # Inside this transaction: a hook that refuses (ValidationError) leaves nothing behind.
+    for hook in settings.ORGANIZATION_CREATED_HOOKS:
+        import_string(hook)(organization=org, owner=owner)
     log.info("organization %s created by user %s", org.slug, owner.pk)
     return org
 
 
+def _check_may_own_another(owner: AuthUser) -> None:
+    # Taken under a lock on the user's row, so two concurrent creates cannot both pass.
+    User.objects.select_for_update().filter(pk=owner.pk).first()
+    owned = Membership.objects.filter(user=owner, role=Role.OWNER).count()
+    limit = settings.MAX_OWNED_ORGANIZATIONS
+    if owned >= limit:
+        raise ValidationError(
+            f"You already own {owned} organizations, the most one account may own "
+            f"({limit}); delete one or ask an administrator to raise the limit."
+        )
+
+
+def signup_invitation(token: str) -> Invitation | None:
+    """The invitation a sign-up comes with, checked against ``SIGNUP_MODE``: refused when
+    sign-up is closed, and required (valid) when it is by invitation only."""
+    mode = settings.SIGNUP_MODE
+    if mode == "closed":
+        raise ValidationError(
+            "Sign-up is closed on this Gantry; ask an administrator for an account."
+        )
+    if not token:
+        if mode == "invite":
+            raise ValidationError(
+                {"token": "Sign-up is by invitation only; open the link from your invitation."}
+            )
+        return None
+    return invitation_from_token(token)
+
+
 @transaction.atomic
-def user_signup(*, username: str, email: str, password: str) -> AbstractBaseUser:
-    """Create a user and their personal organization, in which they are the owner."""
+def user_signup(
+    *, username: str, email: str, password: str, invitation_token: str = ""
+) -> AuthUser:
+    """Create a user and their personal organization, in which they are the owner; with an
+    invitation, the user also joins the inviting organization."""
+    invitation = signup_invitation(invitation_token)
     username = username.strip()
     email = User.objects.normalize_email(email.strip())
     errors: dict[str, list[str]] = {}
@@ -78,6 +117,8 @@ def user_signup(*, username: str, email: str, password: str) -> AbstractBaseUser
         errors["username"] = ["That username is taken."]
     if not email or "@" not in email:
         errors["email"] = ["Enter a valid email address."]
+    elif invitation is not None and email.lower() != invitation.email:
+        errors["email"] = [f"This invitation is for {invitation.email}; sign up with it."]
     candidate = User(username=username, email=email)
     try:
         validate_password(password, candidate)
@@ -87,10 +128,12 @@ def user_signup(*, username: str, email: str, password: str) -> AbstractBaseUser
         raise ValidationError(errors)
     user = User.objects.create_user(username=username, email=email, password=password)
     organization_create(name=username, owner=user, personal=True)
+    if invitation is not None:
+        invitation_accept(token=invitation_token, user=user)
     return user
 
 
-def membership_for(user: AbstractBaseUser, org: Organization) -> Membership | None:
+def membership_for(user: AuthUser, org: Organization) -> Membership | None:
     return Membership.objects.filter(user=user, organization=org).first()
 
 
@@ -183,27 +226,39 @@ def invitation_create(*, actor: Membership, email: str, role: str = Role.MEMBER)
 
 
 def invitation_send(*, invitation_id: int) -> bool:
-    """Email the invitation link. Idempotent: an invitation is mailed at most once."""
-    invitation = (
-        Invitation.objects.select_related("organization", "invited_by")
-        .filter(pk=invitation_id, accepted_at=None, sent_at=None)
-        .first()
+    """Email the invitation link; True when this call sent it.
+
+    The send is claimed first, by a conditional UPDATE of `sent_at` that only one caller
+    can win, and the mail goes out only after the claim has committed: a duplicate task
+    delivery, or two workers at once, find nothing to claim and send nothing. If the mail
+    server refuses, the claim is released so the task's retry can send. So a mail goes out
+    at most once, except when the server accepted it and still reported a failure; a worker
+    killed between the claim and the send leaves it claimed and unsent (never twice)."""
+    now = timezone.now()
+    claimed = Invitation.objects.filter(pk=invitation_id, accepted_at=None, sent_at=None).update(
+        sent_at=now
     )
-    if invitation is None:
+    if not claimed:
         return False
+    invitation = Invitation.objects.select_related("organization", "invited_by").get(
+        pk=invitation_id
+    )
     context = {
         "invitation": invitation,
         "url": invitation_url(invitation),
         "days": settings.INVITATION_MAX_AGE_DAYS,
     }
-    send_mail(
-        subject=f"Join {invitation.organization.name} on Gantry",
-        message=render_to_string("portal/email/invitation.txt", context),
-        from_email=None,
-        recipient_list=[invitation.email],
-    )
-    # Claim the send with a conditional update so a duplicate task delivery is a no-op.
-    Invitation.objects.filter(pk=invitation.pk, sent_at=None).update(sent_at=timezone.now())
+    try:
+        send_mail(
+            subject=f"Join {invitation.organization.name} on Gantry",
+            message=render_to_string("portal/email/invitation.txt", context),
+            from_email=None,
+            recipient_list=[invitation.email],
+        )
+    except Exception:
+        # Release only our own claim (same timestamp), then let the task retry.
+        Invitation.objects.filter(pk=invitation_id, sent_at=now).update(sent_at=None)
+        raise
     return True
 
 
@@ -225,7 +280,7 @@ def invitation_from_token(token: str) -> Invitation:
 
 
 @transaction.atomic
-def invitation_accept(*, token: str, user: AbstractBaseUser) -> Membership:
+def invitation_accept(*, token: str, user: AuthUser) -> Membership:
     invitation = invitation_from_token(token)
     invitation = Invitation.objects.select_for_update().get(pk=invitation.pk)
     if invitation.accepted_at is not None:
@@ -262,7 +317,7 @@ def invitation_purge_expired() -> int:
 def api_key_create(
     *,
     organization: Organization,
-    user: AbstractBaseUser,
+    user: AuthUser,
     name: str,
     requests_per_minute: int | None = None,
     tokens_per_minute: int | None = None,

@@ -7,6 +7,7 @@ and ``ALLOWED_HOSTS`` (see ``.env.example``).
 """
 
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -64,6 +65,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_htmx",
     "template_partials",
+    "axes",
     "portal",
     "deployments",
     "marketplace",
@@ -73,6 +75,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost, so every API error (even one raised by another middleware) answers JSON.
+    "portal.api_errors.ApiErrorMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -83,6 +87,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "portal.middleware.CurrentOrganizationMiddleware",
+    # Last, as django-axes asks: it answers a locked-out sign-in with 429.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "portal.urls"
@@ -131,6 +137,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+# django-axes checks each sign-in first and refuses one that is locked out.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "portal:dashboard"
@@ -185,6 +196,19 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["portal.permissions.IsOrganizationMember"],
+    # JSON bodies only; a form or multipart body answers 415. Uploads set their own parser.
+    "DEFAULT_PARSER_CLASSES": ["portal.parsers.JSONObjectParser"],
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.AnonRateThrottle",
+        "rest_framework.throttling.UserRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": env.str("API_RATE_ANON", default="120/minute"),
+        "user": env.str("API_RATE_USER", default="1200/minute"),
+        # Browser sign-ups per client address (portal.throttles.SignupThrottle).
+        "signup": env.str("SIGNUP_RATE", default="10/hour"),
+    },
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -199,6 +223,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "SCHEMA_PATH_PREFIX": r"/api/v1",
+    # Every operation documents the error bodies it may answer (see portal.api_schema).
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "portal.api_schema.add_error_responses",
+    ],
     "ENUM_NAME_OVERRIDES": {
         "UploadKindEnum": "builder.models.Upload.Kind",
         "BuildSourceEnum": "builder.models.Build.Source",
@@ -248,6 +277,22 @@ LOGGING = {
 }
 
 # --- Gantry ---------------------------------------------------------------------------
+# Who may create an account: "open" (anyone; the embedded demo), "invite" (only with a
+# valid invitation link) or "closed" (operators create accounts: manage.py createorg).
+SIGNUP_MODE = env.str("SIGNUP_MODE", default="open")
+if SIGNUP_MODE not in {"open", "invite", "closed"}:
+    raise ImproperlyConfigured("SIGNUP_MODE must be open, invite or closed.")
+# Organizations one user may own, the personal one included.
+MAX_OWNED_ORGANIZATIONS = env.int("MAX_OWNED_ORGANIZATIONS", default=5)
+# Called inside organization_create's transaction with (organization=, owner=); billing
+# refuses owners with a suspended or past-due organization.
+ORGANIZATION_CREATED_HOOKS = ["billing.plans.organization_admit"]
+# Sign-in lockout (django-axes): this many failures in a row for one username from one
+# address lock that pair out for LOGIN_LOCKOUT_MINUTES.
+AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("LOGIN_LOCKOUT_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
 INVITATION_MAX_AGE_DAYS = env.int("INVITATION_MAX_AGE_DAYS", default=7)
 # API keys record last use at most this often, so a busy key is not a write per request.
 API_KEY_LAST_USED_RESOLUTION_S = env.int("API_KEY_LAST_USED_RESOLUTION_S", default=60)
@@ -290,6 +335,9 @@ REGISTRY_URL = env.str("REGISTRY_URL", default="")
 BUILDER_ALLOWED_PATHS = env.list("BUILDER_ALLOWED_PATHS", default=[])
 # Let builds pull a missing engine base image from its registry (off: use what is loaded).
 BUILDER_PULL_BASE_IMAGES = env.bool("BUILDER_PULL_BASE_IMAGES", default=False)
+# A build or weights fetch whose worker has not renewed its lease for this long lost its
+# worker, and is failed with that reason (the lease is renewed every quarter of it).
+BUILDER_LEASE_S = env.int("BUILDER_LEASE_S", default=120)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 

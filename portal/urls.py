@@ -11,14 +11,26 @@ from builder import api as builder_api
 from deployments import api as deployments_api
 from marketplace import api as marketplace_api
 from portal import api, views
+from portal.converters import ID_PATTERN
 
-router = SimpleRouter(trailing_slash="")
+
+class IdRouter(SimpleRouter):
+    """Object URLs match only ids (a viewset keyed by something else sets its own
+    ``lookup_value_regex``), so ``/deployments/abc`` is a 404, not a failed query."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        # DRF's fallback when a viewset sets no lookup_value_regex (its default: [^/.]+).
+        self._default_value_pattern = ID_PATTERN
+
+
+router = IdRouter(trailing_slash="")
 router.register("organizations", api.OrganizationViewSet, basename="organization")
 router.register("keys", api.ApiKeyViewSet, basename="apikey")
 router.register("members", api.MemberViewSet, basename="member")
 router.register("invitations", api.InvitationViewSet, basename="invitation")
-# The catalog's view extends the deployments API with `model` + `profile`.
-router.register("deployments", marketplace_api.CatalogDeploymentViewSet, basename="deployment")
+# `model` and `build` reach this viewset as deployment sources (deployments.sources).
+router.register("deployments", deployments_api.DeploymentViewSet, basename="deployment")
 router.register("models", marketplace_api.CatalogViewSet, basename="model")
 router.register("builds", builder_api.BuildViewSet, basename="build")
 router.register("uploads", builder_api.UploadViewSet, basename="upload")
@@ -31,11 +43,11 @@ portal_patterns = (
         path("organizations/", views.organization_list, name="organizations"),
         path("organizations/<slug:slug>/switch/", views.organization_switch, name="org_switch"),
         path("keys/", views.api_key_list, name="api_keys"),
-        path("keys/<int:pk>/revoke/", views.api_key_revoke, name="api_key_revoke"),
+        path("keys/<id:pk>/revoke/", views.api_key_revoke, name="api_key_revoke"),
         path("members/", views.member_list, name="members"),
-        path("members/<int:pk>/role/", views.member_update, name="member_update"),
-        path("members/<int:pk>/remove/", views.member_remove, name="member_remove"),
-        path("invitations/<int:pk>/revoke/", views.invitation_revoke, name="invitation_revoke"),
+        path("members/<id:pk>/role/", views.member_update, name="member_update"),
+        path("members/<id:pk>/remove/", views.member_remove, name="member_remove"),
+        path("invitations/<id:pk>/revoke/", views.invitation_revoke, name="invitation_revoke"),
         path("invite/<str:token>/", views.invitation_accept, name="invitation_accept"),
     ],
     "portal",

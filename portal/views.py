@@ -1,6 +1,5 @@
 from functools import wraps
 
-from django.apps import apps
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
@@ -12,9 +11,10 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from portal import selectors, services
 from portal.access import (
-    access_api_key,
+    access_api_key_to_revoke,
     access_invitation,
     access_membership,
+    access_membership_to_remove,
     access_organization,
     require,
 )
@@ -28,6 +28,7 @@ from portal.forms import (
 )
 from portal.middleware import SESSION_KEY
 from portal.roles import can
+from portal.throttles import SignupThrottle
 
 
 def org_required(view):
@@ -50,34 +51,50 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     if request.org is None:
         return redirect("portal:organizations")
     summary = selectors.organization_summary(request.org)
-    # Later capabilities count their own objects here through their selectors.
-    if apps.is_installed("deployments"):
-        from deployments.selectors import deployment_list
-
-        summary["deployments"] = deployment_list(org=request.org).count()
-    return render(request, "portal/dashboard.html", {"summary": summary})
+    cards = selectors.app_dashboard_cards(request.org)
+    return render(request, "portal/dashboard.html", {"summary": summary, "cards": cards})
 
 
 @require_http_methods(["GET", "POST"])
 def signup(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
         return redirect("portal:dashboard")
+    token = request.GET.get("invite", "")
     form = SignupForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        try:
-            user = services.user_signup(**form.cleaned_data)
-        except ValidationError as exc:
-            apply_errors(form, exc)
+    refused = None
+    try:
+        services.signup_invitation(token)
+    except ValidationError as exc:
+        refused = " ".join(exc.messages)
+    status = 403 if refused else 200
+    if request.method == "POST" and refused is None:
+        throttle = SignupThrottle()
+        if not throttle.allow_request(request, None):
+            wait = int(throttle.wait() or 0) + 1
+            form.add_error(None, f"Too many sign-ups from your address; try again in {wait} s.")
+            response = render(request, "registration/signup.html", {"form": form}, status=429)
+            response["Retry-After"] = str(wait)
+            return response
+        if form.is_valid():
+            try:
+                user = services.user_signup(invitation_token=token, **form.cleaned_data)
+            except ValidationError as exc:
+                apply_errors(form, exc)
+                status = 400
+            else:
+                login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+                messages.success(request, f"Welcome, {user.username}. Your organization is ready.")
+                target = request.GET.get("next", "")
+                return redirect(
+                    target
+                    if target.startswith("/") and not target.startswith("//")
+                    else "portal:dashboard"
+                )
         else:
-            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-            messages.success(request, f"Welcome, {user.username}. Your organization is ready.")
-            target = request.GET.get("next", "")
-            return redirect(
-                target
-                if target.startswith("/") and not target.startswith("//")
-                else "portal:dashboard"
-            )
-    return render(request, "registration/signup.html", {"form": form})
+            status = 400
+    return render(
+        request, "registration/signup.html", {"form": form, "refused": refused}, status=status
+    )
 
 
 @login_required
@@ -93,7 +110,8 @@ def organization_list(request: HttpRequest) -> HttpResponse:
             request.session[SESSION_KEY] = org.pk
             messages.success(request, f"Created {org.name}; you are its owner.")
             return redirect("portal:dashboard")
-    return render(request, "portal/organization_list.html", {"form": form})
+    status = 400 if form.errors else 200
+    return render(request, "portal/organization_list.html", {"form": form}, status=status)
 
 
 @login_required
@@ -146,9 +164,7 @@ def api_key_list(request: HttpRequest) -> HttpResponse:
 @org_required
 @require_POST
 def api_key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
-    key = access_api_key(request.org, pk)
-    if key.created_by_id != request.user.pk:
-        require(request.membership, "keys.manage")
+    key = access_api_key_to_revoke(request.membership, pk)
     services.api_key_revoke(api_key=key)
     if request.htmx:
         return render(
@@ -221,9 +237,7 @@ def member_update(request: HttpRequest, pk: int) -> HttpResponse:
 @org_required
 @require_POST
 def member_remove(request: HttpRequest, pk: int) -> HttpResponse:
-    membership = access_membership(request.org, pk)
-    if membership.user_id != request.user.pk:
-        require(request.membership, "members.manage")
+    membership = access_membership_to_remove(request.membership, pk)
     try:
         services.membership_remove(actor=request.membership, membership=membership)
     except ValidationError as exc:
@@ -278,6 +292,6 @@ def invitation_accept(request: HttpRequest, token: str) -> HttpResponse:
     return render(
         request,
         "portal/invitation_accept.html",
-        {"invitation": invitation, "error": error},
+        {"invitation": invitation, "error": error, "token": token},
         status=status,
     )

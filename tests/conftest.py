@@ -2,6 +2,8 @@
 
 import os
 import socket
+import uuid
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
@@ -12,6 +14,14 @@ from portal.models import Membership, Organization, Role
 from portal.services import api_key_create, organization_create
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+# Every process this session starts (workers, servers, `make run`, and through them the
+# engines and containers) inherits this marker, so the session can tell exactly which
+# ones are its own (other sessions run on the same machine at the same time).
+SESSION_INSTANCE = "/".join(
+    filter(None, [os.environ.get("GANTRY_INSTANCE"), f"pytest-{uuid.uuid4().hex[:12]}"])
+)
+os.environ["GANTRY_INSTANCE"] = SESSION_INSTANCE
 
 
 @pytest.hookimpl(trylast=True)  # after pytest-django's own reordering
@@ -50,10 +60,65 @@ def redis_available() -> bool:
     )
 
 
+def _remove_session_containers() -> list[str]:
+    """Remove this session's containers (and only those); say which they were."""
+    sock = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not sock.startswith("unix://") or not Path(sock.removeprefix("unix://")).exists():
+        return []
+    import docker
+
+    from deployments.drivers.docker import INSTANCE_LABEL
+
+    client = docker.DockerClient(base_url=sock)
+    removed = []
+    try:
+        for c in client.containers.list(all=True, filters={"label": INSTANCE_LABEL}):
+            owner = c.labels[INSTANCE_LABEL]
+            if owner == SESSION_INSTANCE or owner.startswith(SESSION_INSTANCE + "/"):
+                removed.append(f"container {c.name} ({c.status})")
+                c.remove(force=True)
+    finally:
+        client.close()
+    return removed
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_left_behind():
+    """When the session ends, none of the processes or containers it started may still
+    run. Whatever did is reported as a failure, then stopped."""
+    yield
+    from deployments.drivers.local import instance_processes, terminate
+
+    pids = instance_processes(SESSION_INSTANCE, nested=True)
+    processes = []
+    for pid in pids:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        # The program and its first arguments only: an engine's later ones hold its key.
+        processes.append(f"{pid}: {' '.join(argv[:4])[:200]}")
+    terminate(pids)
+    containers = _remove_session_containers()
+    assert not processes and not containers, (
+        "left running at the end of the test session (now stopped):\n"
+        + "\n".join(processes + containers)
+    )
+
+
 @pytest.fixture(autouse=True)
 def _fast_password_hashing(settings):
     # Hashing strength is Django's concern, not ours; the default costs ~0.1 s a user.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    # Throttle counters (sign-up, API rates) live in the cache; one test's must not count
+    # against the next.
+    from django.core.cache import cache
+
+    cache.clear()
 
 
 @pytest.fixture(autouse=True)
@@ -62,11 +127,15 @@ def _reference_data(request):
     if request.node.get_closest_marker("django_db") or {"db", "transactional_db"} & set(
         request.fixturenames
     ):
+        from billing.gpu_rates import ensure_default_rates
+        from billing.plans import ensure_default_plan
         from deployments.gpu_types import ensure_gpu_types
 
         request.getfixturevalue("django_db_blocker")
         with request.getfixturevalue("django_db_blocker").unblock():
             ensure_gpu_types()
+            ensure_default_rates()  # the GPU-hour prices (the rate table is the one price)
+            ensure_default_plan()
 
 
 @pytest.fixture

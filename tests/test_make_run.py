@@ -1,4 +1,5 @@
-"""`make run` smoke: the embedded default starts, serves, and one Ctrl-C stops it all."""
+"""`make run` smoke: the embedded default starts, serves, and one Ctrl-C, or one SIGTERM
+to make (what docker, systemd or a CI runner send), stops it all, engines included."""
 
 import json
 import os
@@ -38,9 +39,25 @@ def get(url: str) -> int:
         return 0
 
 
+def ctrl_c(proc) -> None:
+    os.killpg(proc.pid, signal.SIGINT)  # the terminal sends it to the whole group
+
+
+def sigterm_to_make(proc) -> None:
+    os.kill(proc.pid, signal.SIGTERM)  # docker stop: to the main process only
+
+
+def instance_processes_of_this_session() -> set[int]:
+    from deployments.drivers.local import instance_processes
+
+    return set(instance_processes(os.environ["GANTRY_INSTANCE"], nested=True))
+
+
 @pytest.mark.timeout(600)
-def test_make_run_serves_the_portal_and_stops_on_ctrl_c(tmp_path):
+@pytest.mark.parametrize("stop", [ctrl_c, sigterm_to_make], ids=["ctrl-c", "sigterm"])
+def test_make_run_serves_the_portal_and_stops_everything_it_started(tmp_path, stop):
     port = free_port()
+    before = instance_processes_of_this_session()
     # The embedded default: no database, broker or secret from the environment.
     env = {
         k: v
@@ -155,16 +172,22 @@ def test_make_run_serves_the_portal_and_stops_on_ctrl_c(tmp_path):
             with urllib.request.urlopen(request, timeout=30) as r:
                 assert json.loads(r.read())["usage"]["completion_tokens"] > 0
         finally:
-            os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
+            stop(proc)
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 raise
-    # Nothing is left behind: no process of the group, nothing on the port.
-    time.sleep(1)
+    # Nothing is left behind: no process of the group, nothing on the port, and no
+    # process of this run anywhere (engines run in sessions of their own).
     leftover = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True)
     assert leftover.stdout.strip() == "", leftover.stdout
     assert get(f"http://127.0.0.1:{port}/") == 0
-    # The engine processes (in sessions of their own) were stopped by the same Ctrl-C.
     assert not [pid for pid in engine_pids if os.path.exists(f"/proc/{pid}")]
+    # Grandchildren (gunicorn's and celery's own workers) may take a moment to exit.
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not instance_processes_of_this_session() <= before:
+        time.sleep(0.2)
+    assert instance_processes_of_this_session() <= before
+    text = log_path.read_text()
+    assert "stopped 1 local replica(s)" in text, text[-3000:]

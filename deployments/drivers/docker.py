@@ -16,6 +16,7 @@ index), ``pull``, and the lock-down's knobs ``user`` (default ``65534:65534``),
 ``read_only_rootfs`` (true).
 """
 
+import os
 import socket
 from pathlib import Path
 
@@ -34,6 +35,11 @@ from deployments.drivers.launch import container_command, engine_launch
 from deployments.engines import default_image, model_file
 
 CONTAINER_MODELS = "/models"
+# The container's own tmpfs (its $HOME under a read-only root), not a folder of the host.
+CONTAINER_TMP = "/tmp"  # noqa: S108
+# The Gantry instance (a `make run`, a test session) that started a container, as its
+# label: the same marker the local driver gives its engines (see drivers/local.py).
+INSTANCE_LABEL = "gantry.instance"
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -98,7 +104,7 @@ class DockerDriver(PoolDriver):
                 used.add(int(c.labels.get("gantry.port", "0")))
             except ValueError:
                 continue
-        local = host in {"127.0.0.1", "localhost", "0.0.0.0"}
+        local = host in {"127.0.0.1", "localhost", "0.0.0.0"}  # noqa: S104 - compared, not bound
         for port in range(low, high + 1):
             if port not in used and (not local or _port_free(host, port)):
                 return port
@@ -170,6 +176,11 @@ class DockerDriver(PoolDriver):
                 "gantry.pool": str(self.pool.pk),
                 "gantry.port": str(port),
                 "gantry.url": url,
+                **(
+                    {INSTANCE_LABEL: os.environ["GANTRY_INSTANCE"]}
+                    if os.environ.get("GANTRY_INSTANCE")
+                    else {}
+                ),
             },
             # Host networking: the engine listens on the node's internal address only
             # (``--host``), which no tenant flag can change (see launch.py).
@@ -180,8 +191,8 @@ class DockerDriver(PoolDriver):
                 "GANTRY_REPLICA": spec.name,
                 # A writable home on the tmpfs: the root filesystem is read-only and the
                 # engines keep caches (compiled kernels, the hub's) under $HOME.
-                "HOME": "/tmp",
-                "HF_HOME": "/tmp/hf",
+                "HOME": CONTAINER_TMP,
+                "HF_HOME": f"{CONTAINER_TMP}/hf",
                 **launch.env,
             },
             # No root, no way back to it, no capabilities, bounded memory and processes.
@@ -191,7 +202,7 @@ class DockerDriver(PoolDriver):
             "security_opt": ["no-new-privileges:true"],
             "cap_drop": ["ALL"],
             "read_only": bool(cfg.get("read_only_rootfs", True)),
-            "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={cfg.get('tmp_size', '4g')}"},
+            "tmpfs": {CONTAINER_TMP: f"rw,nosuid,nodev,size={cfg.get('tmp_size', '4g')}"},
             "mem_limit": str(cfg.get("memory_limit", "16g")),
             "pids_limit": int(cfg.get("pids_limit", 1024)),
             # vLLM and SGLang share tensors between their processes through /dev/shm.

@@ -40,6 +40,8 @@ MODELS_MOUNT = "/models"
 
 
 KEY_ENV = "GANTRY_ENGINE_KEY"
+# Paths inside the pod (its own emptyDir volumes), not folders of any host.
+POD_TMP, POD_SHM = "/tmp", "/dev/shm"  # noqa: S108
 UID = 65534  # "nobody" in Debian-based images, the engines' own included
 
 
@@ -87,8 +89,8 @@ def render_manifests(spec: ReplicaSpec, config: dict) -> tuple[dict, dict, dict]
     env = [
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "GANTRY_REPLICA", "value": spec.name},
-        {"name": "HOME", "value": "/tmp"},
-        {"name": "HF_HOME", "value": "/tmp/hf"},
+        {"name": "HOME", "value": POD_TMP},
+        {"name": "HF_HOME", "value": f"{POD_TMP}/hf"},
         {"name": KEY_ENV, "valueFrom": from_secret},
         *({"name": name, "valueFrom": from_secret} for name in launch.env),
     ]
@@ -106,11 +108,11 @@ def render_manifests(spec: ReplicaSpec, config: dict) -> tuple[dict, dict, dict]
             node_selector["nvidia.com/gpu.product"] = product
     node_selector.update(config.get("node_selector", {}))
     volumes.append({"name": "tmp", "emptyDir": {"sizeLimit": config.get("tmp_size", "4Gi")}})
-    mounts.append({"name": "tmp", "mountPath": "/tmp"})
+    mounts.append({"name": "tmp", "mountPath": POD_TMP})
     if spec.engine != "llama.cpp":
         # vLLM and SGLang share tensors between their processes through /dev/shm.
         volumes.append({"name": "shm", "emptyDir": {"medium": "Memory"}})
-        mounts.append({"name": "shm", "mountPath": "/dev/shm"})
+        mounts.append({"name": "shm", "mountPath": POD_SHM})
     # Probes carry no credentials (a header would put the key in the spec): vLLM and
     # SGLang answer /health without one; llama-cpp-python's server has no such route, so
     # its port opening is the sign. The reconciler's own probe is the authenticated one.

@@ -31,6 +31,10 @@ from deployments.drivers.launch import engine_launch
 from deployments.engines import model_file
 
 MARKER = "GANTRY_REPLICA"
+# Names the Gantry instance (one `make run`, one test session) that started an engine, so
+# that instance can find and stop exactly its own engines, and nobody else's, on the way
+# out. Set by the Makefile and by the test session; engines inherit it.
+INSTANCE = "GANTRY_INSTANCE"
 # The only variables an engine inherits. Gantry's own (SECRET_KEY, DATABASE_URL…) must
 # not reach it, and llama.cpp's server reads PORT, HOST and MODEL from the environment,
 # which would override the command line.
@@ -47,12 +51,13 @@ ENGINE_ENV = {
     "HF_HOME",
     "HF_HUB_OFFLINE",
     "HF_ENDPOINT",
+    INSTANCE,
 }
 
 
 def _free_port(host: str) -> int:
     with socket.socket() as s:
-        s.bind((host if host not in {"", "0.0.0.0"} else "127.0.0.1", 0))
+        s.bind((host if host not in {"", "0.0.0.0"} else "127.0.0.1", 0))  # noqa: S104
         return s.getsockname()[1]
 
 
@@ -67,6 +72,71 @@ def _proc_is(pid: int, name: str) -> bool:
             return f"{MARKER}={name}".encode() in f.read().split(b"\0")
     except (FileNotFoundError, ProcessLookupError, PermissionError, IndexError):
         return False
+
+
+def _environ(pid: int) -> dict[bytes, bytes]:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            pairs = f.read().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return {}
+    return dict(p.split(b"=", 1) for p in pairs if b"=" in p)
+
+
+def instance_processes(
+    instance: str, *, engines_only: bool = False, nested: bool = False
+) -> list[int]:
+    """Live processes whose environment names ``instance`` (an engine also carries the
+    replica marker); with ``nested``, also those of instances started inside it (named
+    ``<instance>/…``, as a `make run` inside a test session is). The environment is what
+    a process started with, so a recycled pid or another instance's process never matches."""
+    want = instance.encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        env = _environ(int(entry.name))
+        value = env.get(INSTANCE.encode())
+        if value is None or not (value == want or (nested and value.startswith(want + b"/"))):
+            continue
+        if engines_only and MARKER.encode() not in env:
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                if f.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X"):
+                    continue
+        except (FileNotFoundError, IndexError):
+            continue
+        found.append(int(entry.name))
+    return found
+
+
+def terminate(pids: list[int], grace: float = 3.0) -> None:
+    """SIGTERM every process group at once, then SIGKILL what is left after ``grace``
+    seconds. Engines lead their own session (see start), so the group is the engine."""
+
+    def alive(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+        except (FileNotFoundError, IndexError):
+            return False
+
+    def signal_all(sig: int) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if os.getpgid(pid) == pid:
+                    os.killpg(pid, sig)
+                else:
+                    os.kill(pid, sig)
+
+    signal_all(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
+        time.sleep(0.05)
+    pids = [p for p in pids if alive(p)]
+    if pids:
+        signal_all(signal.SIGKILL)
 
 
 class LocalDriver(PoolDriver):
@@ -146,7 +216,7 @@ class LocalDriver(PoolDriver):
         # child of this worker. The shell records its pid, then becomes the engine.
         launcher = ["setsid", "-f", "sh", "-c", 'echo $$ > "$0"; exec "$@"', str(pidfile), *cmd]
         with open(log_path, "ab") as log:
-            subprocess.run(
+            subprocess.run(  # noqa: S603 - a list built here; no shell parses tenant text
                 launcher,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

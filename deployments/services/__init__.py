@@ -14,7 +14,6 @@ here: callers import ``from deployments.services import …`` and need not know 
 from deployments.selectors import committed_gpus
 from deployments.services.events import enqueue_reconcile, event, events_prune
 from deployments.services.housekeeping import (
-    gpu_prices_refresh,
     local_pools_shutdown,
     pool_check,
     replica_logs,
@@ -66,7 +65,6 @@ __all__ = [
     "enqueue_reconcile",
     "event",
     "events_prune",
-    "gpu_prices_refresh",
     "load_report",
     "local_pools_shutdown",
     "pool_check",

@@ -23,7 +23,6 @@ from deployments.models import (
     LIVE_REPLICA_STATUSES,
     Deployment,
     GpuPool,
-    GpuType,
     Replica,
     ReplicaStatus,
 )
@@ -145,16 +144,3 @@ def spend_limits_enforce() -> int:
                 enqueue_reconcile(d.pk)
             stopped += 1
     return stopped
-
-
-def gpu_prices_refresh() -> int:
-    """Copy the rate in force of each GPU type from billing's rate table into the GPU-type
-    table, which placement and the marketplace read (one source of prices: the rates)."""
-    changed = 0
-    now = timezone.now()
-    for gpu in GpuType.objects.all():
-        cents = billing.gpu_rate_cents(gpu.code, now)
-        if cents and cents != gpu.price_per_hour_cents:
-            GpuType.objects.filter(pk=gpu.pk).update(price_per_hour_cents=cents)
-            changed += 1
-    return changed

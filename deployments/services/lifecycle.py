@@ -178,6 +178,8 @@ def deployment_create(
 
 @transaction.atomic
 def deployment_scale(*, deployment: Deployment, replicas) -> Deployment:
+    # The row lock orders this against a concurrent scale, wake, autoscale or delete of the
+    # same deployment: `before` below is then the value this change really replaces.
     d = Deployment.objects.select_for_update().get(pk=deployment.pk)
     if d.deleted_at is not None:
         raise ValidationError({"replicas": "This deployment is being deleted."})
@@ -251,6 +253,8 @@ def deployment_start(*, deployment: Deployment) -> Deployment:
 
 @transaction.atomic
 def deployment_delete(*, deployment: Deployment) -> None:
+    # Locked so a second delete (a double click, a retried API call) sees deleted_at and
+    # does nothing: one "deleting" event, one settle.
     d = Deployment.objects.select_for_update().get(pk=deployment.pk)
     if d.deleted_at is not None:
         return

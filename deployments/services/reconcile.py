@@ -84,8 +84,9 @@ def _acquire_lease(deployment_id: int) -> str | None:
         lease_owner=me, lease_until=now + LEASE
     ):
         return me
-    holder = Deployment.objects.filter(pk=deployment_id).values_list("lease_owner", flat=True)
-    holder = holder.first()
+    holder = (
+        Deployment.objects.filter(pk=deployment_id).values_list("lease_owner", flat=True).first()
+    )
     if (
         holder
         and _holder_dead(holder)
@@ -116,11 +117,11 @@ class ReconcileResult:
 
 
 def _probe(url: str, replica_id: int) -> bool:
-    # With the replica's key, as the gateway calls it: an engine that answers anyone (or
-    # nobody with this key) is not the replica Gantry started.
-    request = urllib.request.Request(f"{url}/v1/models", headers=engine_auth_headers(replica_id))
+    # With the replica's key, as the gateway calls it (engines refuse callers without it).
+    # The URL is the driver's own (http://<node address>:<port>), never a tenant's.
+    request = urllib.request.Request(f"{url}/v1/models", headers=engine_auth_headers(replica_id))  # noqa: S310
     try:
-        with urllib.request.urlopen(request, timeout=3) as response:
+        with urllib.request.urlopen(request, timeout=3) as response:  # noqa: S310
             return response.status == 200
     except (OSError, ValueError):
         return False

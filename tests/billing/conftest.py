@@ -1,1 +1,5 @@
-from tests.deployments.conftest import local_pool  # noqa: F401 - shared fixture
+from tests.deployments.conftest import (  # noqa: F401 - shared fixtures
+    _isolated_var,
+    local_pool,
+    replica_var,
+)

@@ -7,6 +7,7 @@ from django.db import connection
 
 from billing import services as billing
 from billing.gpu_rates import ensure_default_rates
+from billing.invoices import invoice_close
 from billing.models import GpuQuota, GpuRate, Invoice, Quota, UsageRecord
 from deployments.engines import DEMO_MODEL_REF
 from deployments.models import Deployment, Replica
@@ -77,15 +78,15 @@ def test_usage_is_priced_at_the_rate_in_force(org_a):
 
 def test_a_month_rolled_over_gives_two_correct_invoices(org_a):
     meter(org_a, T0, T0 + timedelta(minutes=4), final=True)  # 2.5 min in Jan, 1.5 in Feb
-    jan = billing.invoice_close(organization=org_a, period_start=date(2026, 1, 1))
-    feb = billing.invoice_close(organization=org_a, period_start=date(2026, 2, 1))
+    jan = invoice_close(organization=org_a, period_start=date(2026, 1, 1))
+    feb = invoice_close(organization=org_a, period_start=date(2026, 2, 1))
     jan_micros = round(60 * 299 * 1e4 / 3600) + 2 * round(120 * 299 * 1e4 / 3600)
     feb_micros = round(120 * 299 * 1e4 / 3600) + round(60 * 299 * 1e4 / 3600)
     assert jan.total_cents == round(jan_micros / 10_000)
     assert feb.total_cents == round(feb_micros / 10_000)
     [line] = jan.lines.all()
     assert (line.deployment_name, line.kind, line.quantity) == ("chat", "gpu_seconds", 300)
-    again = billing.invoice_close(organization=org_a, period_start=date(2026, 1, 1))
+    again = invoice_close(organization=org_a, period_start=date(2026, 1, 1))
     assert again.pk == jan.pk and again.status == Invoice.Status.CLOSED
     assert list(again.lines.values_list("quantity", "amount_cents")) == list(
         jan.lines.values_list("quantity", "amount_cents")

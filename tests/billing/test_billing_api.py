@@ -1,11 +1,23 @@
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+from django.db import connection
+from django.db.models import Sum
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
 
 from billing import services as billing
 from billing.gpu_rates import ensure_default_rates
-from billing.models import GpuQuota, Quota
+from billing.invoices import invoice_close
+from billing.models import GpuQuota, Quota, UsageRecord
 from portal.models import Role
+from tests.conftest import owner_of
+
+# Baselines: the usage API and the usage page read the ledger with a fixed number of
+# queries (aggregates), however many rows it holds.
+API_MAX_QUERIES = 3
+PAGE_MAX_QUERIES = 14
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +78,7 @@ def test_usage_api_refuses_bad_dates_naming_the_field(org_a, api_client_for):
 
 def test_invoices_need_the_billing_role(org_a, make_user, add_member, api_client_for):
     _usage(org_a, datetime(2026, 3, 5, 10, 0, tzinfo=UTC))
-    invoice = billing.invoice_close(organization=org_a, period_start=date(2026, 3, 1))
+    invoice = invoice_close(organization=org_a, period_start=date(2026, 3, 1))
     member = add_member(org_a, make_user("dev"), Role.MEMBER)
     accountant = add_member(org_a, make_user("acct"), Role.BILLING)
     assert api_client_for(org_a, member.user).get("/api/v1/invoices").status_code == 403
@@ -107,3 +119,72 @@ def test_quotas_api_shows_limits_and_use(org_a, api_client_for, local_pool):
     }
     assert rows[("gpus", "cpu")]["limit"] == 4 and rows[("gpus", "cpu")]["used"] == 1
     assert rows[("monthly_spend_cents", "")]["limit"] is None
+
+
+def _ledger(org, rows: int, tag: str):
+    """`rows` ledger rows spread over the last 20 days, 7 deployments and the three kinds."""
+    now = timezone.now().replace(second=0, microsecond=0)
+    kinds = ["gpu_seconds", "input_tokens", "output_tokens"]
+    billing.usage_ingest(
+        [
+            UsageRecord(
+                organization=org,
+                kind=kinds[i % 3],
+                quantity=1 + i % 50,
+                amount_micros=1000 + i,
+                window_start=now - timedelta(minutes=1 + (i * 37) % (20 * 1440)),
+                window_end=now,
+                deployment_name=f"dep-{i % 7}",
+                idempotency_key=f"{tag}:{i}",
+            )
+            for i in range(rows)
+        ]
+    )
+
+
+def test_usage_api_and_page_take_the_same_few_queries_whatever_the_ledger_size(
+    org_a, org_b, api_client_for, web_client, django_assert_max_num_queries
+):
+    api = api_client_for(org_a)
+    page = web_client(owner_of(org_a), org_a)
+    window = {
+        "start": (timezone.now() - timedelta(days=30)).isoformat(),
+        "end": (timezone.now() + timedelta(minutes=1)).isoformat(),
+    }
+    _ledger(org_b, 500, "b")  # another organization's rows are never read
+    # First uses write once (the quota and account rows, the key's last use): not measured.
+    page.get(reverse("deployments:usage"))
+    api.get("/api/v1/usage", window)
+    counts = []
+    for size, tag in ((12, "small"), (3000, "large")):
+        _ledger(org_a, size, tag)
+        with (
+            CaptureQueriesContext(connection) as api_queries,
+            django_assert_max_num_queries(API_MAX_QUERIES),
+        ):
+            body = api.get("/api/v1/usage", window).json()
+        with (
+            CaptureQueriesContext(connection) as page_queries,
+            django_assert_max_num_queries(PAGE_MAX_QUERIES),
+        ):
+            response = page.get(reverse("deployments:usage"))
+        assert response.status_code == 200
+        counts.append((len(api_queries), len(page_queries)))
+        # Summed by the database, exactly as the rows add up.
+        rows = UsageRecord.objects.filter(organization=org_a)
+        assert sum(r["quantity"] for r in body) == rows.aggregate(q=Sum("quantity"))["q"]
+        micros = rows.aggregate(m=Sum("amount_micros"))["m"]
+        assert sum(int(r["amount"].replace(".", "")) for r in body) == micros
+    assert counts[0] == counts[1]
+
+
+def test_usage_per_day_is_summed_by_utc_day(org_a):
+    day = datetime(2026, 3, 5, tzinfo=UTC)
+    _usage(org_a, day - timedelta(minutes=1))  # 23:59 the day before: two windows
+    by_day = billing.usage_by_day(
+        organization=org_a, start=day - timedelta(days=1), end=day + timedelta(days=1)
+    )
+    assert by_day == {
+        "2026-03-04": {"gpu_seconds": 60, "input_tokens": 1000, "output_tokens": 500},
+        "2026-03-05": {"gpu_seconds": 60},
+    }

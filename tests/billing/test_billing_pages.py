@@ -6,6 +6,7 @@ from django.utils import timezone
 
 from billing import services as billing
 from billing.gpu_rates import ensure_default_rates
+from billing.invoices import invoice_close
 from billing.models import Quota
 from portal.models import Role
 from tests.conftest import owner_of
@@ -31,7 +32,7 @@ def test_usage_page_shows_spend_soft_alert_usage_and_invoices(org_a, web_client)
         end=now,
         final=True,
     )
-    billing.invoice_close(organization=org_a, period_start=date(2026, 1, 1))
+    invoice_close(organization=org_a, period_start=date(2026, 1, 1))
     page = web_client(owner_of(org_a), org_a).get(reverse("deployments:usage")).content.decode()
     spent = billing.month_spend_cents(org_a)
     assert spent == round(10 * 240 * 299 * 10_000 / 3600 / 10_000)  # 40 GPU-minutes of H100
@@ -44,7 +45,7 @@ def test_usage_page_shows_spend_soft_alert_usage_and_invoices(org_a, web_client)
 def test_members_without_the_billing_role_do_not_see_invoices(
     org_a, web_client, make_user, add_member
 ):
-    invoice = billing.invoice_close(organization=org_a, period_start=date(2026, 1, 1))
+    invoice = invoice_close(organization=org_a, period_start=date(2026, 1, 1))
     dev = add_member(org_a, make_user("dev"), Role.MEMBER)
     client = web_client(dev.user, org_a)
     assert "Invoices" not in client.get(reverse("deployments:usage")).content.decode()

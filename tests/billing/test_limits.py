@@ -99,18 +99,53 @@ def test_a_per_region_gpu_quota_holds_at_placement(org_a, api_client_for, local_
     assert not b.replicas.exists()
 
 
-def test_gpu_prices_follow_the_rate_table(db):
+def test_the_price_pages_show_is_the_price_billed(org_a, api_client_for, web_client):
+    """One price for a GPU-hour: the rate table. The marketplace page and API, the GPU-type
+    API and the ledger all give the rate in force, never a copy of it."""
     from datetime import UTC, datetime
 
-    from billing.models import GpuRate
-    from deployments.models import GpuType
-    from deployments.services import gpu_prices_refresh
+    from django.urls import reverse
 
+    from billing.models import GpuRate, UsageRecord
+    from marketplace.services import catalog_load
+    from tests.conftest import owner_of
+
+    catalog_load()
     GpuRate.objects.create(
-        gpu_type="h100-80gb", cents_per_hour=249, effective_from=datetime(2026, 1, 1, tzinfo=UTC)
+        gpu_type="h200-141gb", cents_per_hour=437, effective_from=datetime(2026, 1, 1, tzinfo=UTC)
     )
     GpuRate.objects.create(
-        gpu_type="h100-80gb", cents_per_hour=999, effective_from=datetime(2099, 1, 1, tzinfo=UTC)
-    )  # not yet
-    assert gpu_prices_refresh() >= 1
-    assert GpuType.objects.get(code="h100-80gb").price_per_hour_cents == 249
+        gpu_type="h200-141gb", cents_per_hour=999, effective_from=datetime(2099, 1, 1, tzinfo=UTC)
+    )  # not yet in force
+    api = api_client_for(org_a)
+    gpu_types = {g["code"]: g for g in api.get("/api/v1/gpu-types").json()}
+    assert gpu_types["h200-141gb"]["price_per_hour_cents"] == 437
+    profile = next(
+        p
+        for p in api.get("/api/v1/models/deepseek-r1").json()["profiles"]
+        if p["gpu_type"] == "h200-141gb" and p["gpu_count"] == 8
+    )
+    assert profile["price_per_hour"] == "34.96"  # 8 × $4.37
+    page = web_client(owner_of(org_a), org_a).get(
+        reverse("marketplace:model", args=["deepseek-r1"])
+    )
+    assert "$34.96/h" in page.content.decode()
+
+    # An hour of such a replica in the ledger costs exactly what the pages showed.
+    start = timezone.now().replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+    billing.meter_gpu_time(
+        organization_id=org_a.pk,
+        source="replica-shown-price",
+        deployment_id=None,
+        deployment_name="r1",
+        region="eu-west",
+        gpu_type="h200-141gb",
+        gpus=8,
+        start=start,
+        end=start + timedelta(hours=1),
+        final=True,
+    )
+    billed = sum(
+        UsageRecord.objects.filter(organization=org_a).values_list("amount_micros", flat=True)
+    )
+    assert round(billed / 10_000) == 3496

@@ -10,7 +10,8 @@ from django.urls import reverse
 from billing import services as billing
 from billing import stripe_sync
 from billing.gpu_rates import ensure_default_rates
-from billing.models import BillingAccount, StripeEvent
+from billing.invoices import invoice_close, invoice_reissue
+from billing.models import BillingAccount, Invoice, StripeEvent
 from tests.billing.stripe_server import StripeServer
 
 SECRET = "whsec_test_secret"
@@ -57,7 +58,7 @@ def _closed_invoice(org):
         end=datetime(2026, 1, 10, 1, tzinfo=UTC),
         final=True,
     )
-    return billing.invoice_close(organization=org, period_start=date(2026, 1, 1))
+    return invoice_close(organization=org, period_start=date(2026, 1, 1))
 
 
 def test_customer_and_invoice_are_pushed_once_with_idempotency_keys(stripe_api, org_a):
@@ -66,15 +67,130 @@ def test_customer_and_invoice_are_pushed_once_with_idempotency_keys(stripe_api, 
     first = stripe_sync.invoice_push(invoice)
     for _ in range(2):  # a retried or replayed push
         assert stripe_sync.invoice_push(invoice) == first
-    created = [(o["object"]) for o in stripe_api.created]
+    created = sorted(o["object"] for o in stripe_api.objects.values())
     assert created == ["customer", "invoice", "invoiceitem"]  # each exactly once
-    item = next(o for o in stripe_api.created if o["object"] == "invoiceitem")
-    assert item["amount"] == str(8 * 299) and item["currency"] == "usd"
-    assert item["invoice"] == first
-    assert all(c["key"] for c in stripe_api.calls)
+    [item] = stripe_api.items_of(first)
+    assert item["amount"] == 8 * 299 and item["currency"] == "usd"
+    assert item["metadata"]["gantry_identity"] == f"gantry-{org_a.pk}-2026-01-v1"
+    assert stripe_api.objects[first]["status"] == "open"  # finalized once its items are on
+    assert stripe_api.objects[first]["total"] == invoice.total_cents
+    posts = [c for c in stripe_api.calls if c["method"] == "POST"]
+    assert all(c["key"] for c in posts)
     assert all(c["auth"] == "Bearer sk_test_gantry" for c in stripe_api.calls)
     account = BillingAccount.objects.get(organization=org_a)
     assert account.stripe_customer_id.startswith("cus_")
+
+
+def test_a_resync_after_stripe_forgot_its_keys_never_makes_a_second_invoice(stripe_api, org_a):
+    invoice = _closed_invoice(org_a)
+    first = stripe_sync.invoice_push(invoice)
+    for _ in range(3):  # 24 hours later, three times
+        stripe_api.expire_idempotency_keys()
+        assert stripe_sync.invoice_push(Invoice.objects.get(pk=invoice.pk)) == first
+    assert len(stripe_api.invoices()) == 1 and len(stripe_api.items_of(first)) == 1
+
+
+def test_a_push_killed_before_it_recorded_the_stripe_invoice_finds_it_again(stripe_api, org_a):
+    invoice = _closed_invoice(org_a)
+    first = stripe_sync.invoice_push(invoice)
+    for _ in range(3):  # the id never reached our database, and the keys expired
+        Invoice.objects.filter(pk=invoice.pk).update(stripe_invoice_id="")
+        stripe_api.expire_idempotency_keys()
+        assert stripe_sync.invoice_push(Invoice.objects.get(pk=invoice.pk)) == first
+    assert len(stripe_api.invoices()) == 1 and len(stripe_api.items_of(first)) == 1
+
+
+def test_a_push_killed_between_items_adds_only_the_missing_ones(stripe_api, org_a):
+    _closed_invoice(org_a)
+    billing.meter_tokens(
+        organization_id=org_a.pk,
+        request_id="q1",
+        deployment_id=1,
+        deployment_name="chat",
+        model="chat",
+        input_tokens=2_000_000,
+        output_tokens=1_000_000,
+        at=datetime(2026, 1, 11, tzinfo=UTC),
+    )
+    invoice = reissue(Invoice.objects.get(organization=org_a))
+    assert invoice.lines.count() == 3
+    sid = stripe_sync.invoice_push(invoice)
+    # Simulate the crash: Stripe holds the draft and one item only.
+    stripe_api.objects[sid]["status"] = "draft"
+    for item in stripe_api.items_of(sid)[1:]:
+        stripe_api.objects[sid]["total"] -= item["amount"]
+        del stripe_api.objects[item["id"]]
+    for _ in range(3):
+        stripe_api.expire_idempotency_keys()
+        assert stripe_sync.invoice_push(Invoice.objects.get(pk=invoice.pk)) == sid
+    assert len(stripe_api.items_of(sid)) == 3
+    assert stripe_api.objects[sid]["total"] == invoice.total_cents
+    assert stripe_api.objects[sid]["status"] == "open"
+
+
+def reissue(invoice):
+    return invoice_reissue(invoice_id=invoice.pk)
+
+
+def test_a_credit_reaches_stripe_as_a_negative_item(stripe_api, org_a):
+    billing.credit_issue(
+        organization=org_a,
+        amount_cents=700,
+        reason="outage on the 9th",
+        at=datetime(2026, 1, 12, tzinfo=UTC),
+    )
+    invoice = _closed_invoice(org_a)
+    assert invoice.total_cents == 8 * 299 - 700
+    for _ in range(3):
+        sid = stripe_sync.invoice_push(Invoice.objects.get(pk=invoice.pk))
+        stripe_api.expire_idempotency_keys()
+    amounts = sorted(i["amount"] for i in stripe_api.items_of(sid))
+    assert amounts == [-700, 8 * 299]
+    assert stripe_api.objects[sid]["total"] == invoice.total_cents
+    assert len(stripe_api.invoices()) == 1
+
+
+def test_reissue_voids_the_old_stripe_invoice_and_makes_exactly_one_new_one(stripe_api, org_a):
+    v1 = _closed_invoice(org_a)
+    old_sid = stripe_sync.invoice_push(v1)
+    billing.credit_issue(
+        organization=org_a,
+        amount_cents=100,
+        reason="late fix",
+        at=datetime(2026, 1, 20, tzinfo=UTC),
+    )
+    v2 = reissue(v1)
+    # The credit dated in January landed after January closed: the re-issue counts it.
+    assert v2.version == 2 and v2.total_cents == v1.total_cents - 100
+    for _ in range(3):  # replayed, within and after Stripe's 24 hours
+        new_sid = stripe_sync.invoice_push(Invoice.objects.get(pk=v2.pk))
+        stripe_api.expire_idempotency_keys()
+    assert new_sid != old_sid
+    assert stripe_api.objects[old_sid]["status"] == "void"
+    [live] = [i for i in stripe_api.invoices() if i["status"] != "void"]
+    assert live["id"] == new_sid and live["total"] == v2.total_cents
+    assert live["metadata"]["gantry_identity"].endswith("-2026-01-v2")
+
+
+def test_reissue_of_a_month_whose_push_stopped_at_a_draft_deletes_that_draft(stripe_api, org_a):
+    v1 = _closed_invoice(org_a)
+    old_sid = stripe_sync.invoice_push(v1)
+    stripe_api.objects[old_sid]["status"] = "draft"  # killed before finalizing
+    v2 = reissue(v1)
+    for _ in range(3):
+        stripe_sync.invoice_push(Invoice.objects.get(pk=v2.pk))
+    assert old_sid not in stripe_api.objects
+    assert [i["status"] for i in stripe_api.invoices()] == ["open"]
+
+
+def test_a_paid_invoice_is_not_silently_replaced(stripe_api, org_a):
+    v1 = _closed_invoice(org_a)
+    old_sid = stripe_sync.invoice_push(v1)
+    stripe_api.objects[old_sid]["status"] = "paid"
+    v2 = reissue(v1)
+    with pytest.raises(stripe_sync.StripeSyncError, match="is paid in Stripe"):
+        stripe_sync.invoice_push(v2)
+    assert len(stripe_api.invoices()) == 1
 
 
 def test_webhooks_move_the_account_and_each_event_counts_once(stripe_api, client, org_a):
@@ -133,7 +249,7 @@ def test_metering_replayed_three_times_gives_identical_invoices(stripe_api, org_
                 end=datetime(2026, 2, 1, tzinfo=UTC) + timedelta(minutes=30),
                 final=True,
             )
-        inv = billing.invoice_close(organization=org_a, period_start=date(2026, 2, 1))
+        inv = invoice_close(organization=org_a, period_start=date(2026, 2, 1))
         return inv.total_cents, list(inv.lines.values_list("quantity", "amount_cents"))
 
     assert run() == run() == (round(30 * 60 * 5 / 3600), [(1800, round(1800 * 5 / 3600))])

@@ -9,6 +9,7 @@ from tests.deployments.conftest import (  # noqa: F401 - shared fixtures
     docker_client,
     docker_pool,
     local_pool,
+    stop_session_engines,
 )
 from tests.marketplace.hub_server import HubServer
 
@@ -25,6 +26,8 @@ def _builder_dirs(settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.GANTRY_MODEL_DIRS = [str(tmp_path / "models")]
     settings.RUNTIME_DIR = tmp_path / "replicas"
+    yield
+    stop_session_engines()
 
 
 @pytest.fixture

@@ -1,14 +1,15 @@
 """Source → inspect → build (real Docker engine) → push (real registry) → deploy (docker
 driver) → a real chat completion → delete, driven by the real Celery worker."""
 
+import json
 import os
 import urllib.request
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
+from builder.images import build_run
 from builder.models import Build, WeightsCache
-from builder.services import build_run
 from deployments.models import Deployment, Node
 from tests.builder.conftest import gguf_build
 from tests.conftest import need, port_open
@@ -40,9 +41,10 @@ def _wait_build(celery_worker, build_id):
     return Build.objects.get(pk=build_id)
 
 
-def _deploy_chat_delete(api, model_slug):
+def _deploy_chat_delete(api, source: dict):
+    """Deploy by `model` (slug) or `build` (id), chat with it, delete it."""
     response = api.post(
-        "/api/v1/deployments", {"model": model_slug, "regions": ["docker-local"]}, format="json"
+        "/api/v1/deployments", source | {"regions": ["docker-local"]}, format="json"
     )
     assert response.status_code == 201, response.content
     d = Deployment.objects.get(pk=response.json()["id"])
@@ -87,8 +89,9 @@ def test_gguf_upload_builds_pushes_and_deploys(
         assert r.status == 200
     body = api.get(f"/api/v1/builds/{build.pk}").json()
     assert body["model"] == "my-tiny" and body["weights"]["status"] == "ready"
-    assert "Successfully built" in build.log or "writing image" in build.log.lower()
-    _deploy_chat_delete(api, "my-tiny")
+    assert "(no layer changed)" in build.log
+    d = _deploy_chat_delete(api, {"build": build.pk})  # by the build's id, as the contract says
+    assert d.source == f"build:{build.pk}" and d.image == build.image
 
 
 def test_hub_gguf_repo_builds_and_deploys(
@@ -114,7 +117,7 @@ def test_hub_gguf_repo_builds_and_deploys(
     assert build.status == "succeeded", build.log
     cache = WeightsCache.objects.get(key=f"acme/tiny-gguf@{build.resolved_revision}")
     assert cache.bytes_done == cache.bytes_total == demo_gguf.stat().st_size
-    _deploy_chat_delete(api, "hub-tiny")
+    _deploy_chat_delete(api, {"model": "hub-tiny"})  # by the catalog entry it registered
 
 
 def test_a_failing_build_keeps_its_log_and_says_why(
@@ -139,8 +142,32 @@ def test_rebuilding_an_unchanged_spec_reuses_the_cache(org_a, docker_client, dem
     first = build_run(build_id=build.pk)
     second = build_run(build_id=build.pk)
     assert first.status == second.status == "succeeded"
-    assert second.log.count("Using cache") == 2  # ENV and COPY: nothing rebuilt
+    # The same spec makes the very same image: nothing is rebuilt or copied.
     assert first.spec_hash == second.spec_hash and first.digest == second.digest
     base = docker_client.images.get("gantry/llamacpp:0.3.36")
     image = docker_client.images.get(second.image)
-    assert 0 < image.attrs["Size"] - base.attrs["Size"] < 1_000_000
+    assert image.attrs["RootFS"]["Layers"] == base.attrs["RootFS"]["Layers"]
+    assert image.attrs["Size"] == base.attrs["Size"]
+    labels = image.attrs["Config"]["Labels"]
+    assert labels["io.gantry.spec-hash"] == second.spec_hash
+    assert json.loads(labels["io.gantry.spec"])["engine"] == "llama.cpp"
+    assert "GANTRY_ENGINE=llama.cpp" in image.attrs["Config"]["Env"]
+
+
+def test_a_config_only_change_makes_a_new_image_over_the_same_layers(
+    org_a, docker_client, demo_gguf, local_pool
+):
+    from builder.services import build_configure
+
+    build = gguf_build(org_a, demo_gguf, "reconf")
+    build_configure(build=build, engine="llama.cpp", env={"MODE": "a"})
+    first = build_run(build_id=build.pk)
+    build_configure(build=first, engine="llama.cpp", env={"MODE": "b"})
+    second = build_run(build_id=build.pk)
+    assert first.status == second.status == "succeeded", second.log
+    assert first.digest != second.digest and first.spec_hash != second.spec_hash
+    env = docker_client.images.get(second.image).attrs["Config"]["Env"]
+    assert "MODE=b" in env and "MODE=a" not in env
+    base = docker_client.images.get("gantry/llamacpp:0.3.36").attrs
+    # The base's own variables (PATH…) are kept beneath the build's.
+    assert set(base["Config"]["Env"]) <= set(env)

@@ -1,8 +1,10 @@
 import json
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import SimpleUploadedFile
 
+from builder import services, weights
 from builder.models import Build, Upload
 from builder.specs import render_dockerfile, spec_document
 from tests.builder.conftest import LLAMA_CONFIG, gguf_build, safetensors_bytes
@@ -203,8 +205,6 @@ def test_an_upload_that_is_not_a_model_is_refused_and_not_kept(
 
 
 def test_dockerfile_is_rendered_from_validated_values_only(org_a, demo_gguf, local_pool, db):
-    from builder import services
-
     build = gguf_build(org_a, demo_gguf, "tiny")
     build = services.build_configure(
         build=build, engine="llama.cpp", options={"n_threads": 2}, env={"LOG_FORMAT": "json"}
@@ -213,8 +213,10 @@ def test_dockerfile_is_rendered_from_validated_values_only(org_a, demo_gguf, loc
     lines = text.splitlines()
     assert lines[1] == "FROM gantry/llamacpp:0.3.36"
     assert 'LOG_FORMAT="json"' in text and 'GANTRY_MAX_CONTEXT="512"' in text
-    assert "COPY gantry-spec.json /etc/gantry/spec.json" in text
-    assert not any(line.startswith(("RUN", "ADD", "CMD", "ENTRYPOINT")) for line in lines)
+    assert '"io.gantry.spec-hash"' not in text and "io.gantry.spec-hash=" in text
+    # Only configuration: the image is made without a layer of its own.
+    instructions = [line.split()[0] for line in lines if line and line[0].isupper()]
+    assert instructions == ["FROM", "ENV", "LABEL"]
     assert "tiny.gguf" not in text  # weights are never baked in
 
 
@@ -253,8 +255,47 @@ def test_a_fetched_file_whose_hash_does_not_match_is_refused(hub, org_a, demo_gg
     good_etag = __import__("hashlib").sha256(original).hexdigest()
     hub.files["acme/tampered"]["t.gguf"] = original[:-4] + b"XXXX"
     hub.fixed_etags = {"t.gguf": good_etag}
-    cache = services.weights_cache_for(build)
+    cache = weights.weights_cache_for(build)
     with pytest.raises(Exception, match="SHA-256 does not match"):
-        services.weights_prefetch(cache_id=cache.pk, build_id=build.pk)
+        weights.weights_prefetch(cache_id=cache.pk, build_id=build.pk)
     cache.refresh_from_db()
     assert cache.status == WeightsCache.Status.FAILED
+
+
+def test_build_submit_enqueues_only_after_a_whole_commit(
+    org_a, demo_gguf, local_pool, django_capture_on_commit_callbacks
+):
+    """The wizard and the API both submit through build_submit: a bad spec keeps nothing and
+    enqueues nothing; a good one enqueues the build and the prefetch once, after commit."""
+    from builder.submit import build_submit
+
+    upload = services.upload_create(
+        organization=org_a,
+        user=owner_of(org_a),
+        files=[SimpleUploadedFile("tiny.gguf", demo_gguf.read_bytes())],
+    )
+    source = {"source_kind": "upload", "upload_id": upload.pk}
+    with (
+        django_capture_on_commit_callbacks(execute=False) as callbacks,
+        pytest.raises(ValidationError),
+    ):
+        build_submit(
+            organization=org_a,
+            user=owner_of(org_a),
+            name="tiny",
+            spec={"engine": "llama.cpp", "options": {"n_threads": 9999}},
+            **source,
+        )
+    assert callbacks == [] and not Build.objects.exists()
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        draft = build_submit(organization=org_a, user=owner_of(org_a), name="draft", **source)
+    assert callbacks == [] and draft.status == "inspected"  # the wizard configures it next
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        build = build_submit(
+            organization=org_a,
+            user=owner_of(org_a),
+            name="tiny",
+            spec={"engine": "llama.cpp", "options": {"n_threads": 2}},
+            **source,
+        )
+    assert len(callbacks) == 2 and build.status == "queued" and build.options == {"n_threads": 2}

@@ -80,11 +80,11 @@ def test_another_org_cannot_build_from_your_upload(org_a, org_b, api_client_for,
 def test_private_model_of_a_build_is_invisible_to_another_org(
     org_a, org_b, api_client_for, demo_gguf, local_pool
 ):
-    from builder import services
+    from builder import images
     from marketplace.models import CatalogModel
 
     build = gguf_build(org_a, demo_gguf, "secret-model")
-    services.register_catalog_entry(build=build, image="gantry-builds/alpha/secret-model:x")
+    images.register_catalog_entry(build=build, image="gantry-builds/alpha/secret-model:x")
     assert CatalogModel.objects.filter(organization=org_a, slug="secret-model").exists()
     b_api = api_client_for(org_b)
     assert b_api.get("/api/v1/models/secret-model").status_code == 404
@@ -99,14 +99,14 @@ def test_a_deployment_waits_for_the_weights_and_shows_the_progress(
 ):
     """Deployed before its weights are cached, a build's model waits (pending, with the
     progress) and starts once the prefetch has filled the cache."""
-    from builder import services
+    from builder import images, services, weights
     from deployments.models import Deployment
     from tests.deployments.conftest import reconcile_until
 
     build = gguf_build(org_a, demo_gguf, "waits")
     with django_capture_on_commit_callbacks(execute=False):
         build = services.build_start(build=build)  # queued: prefetch not run yet
-    services.register_catalog_entry(build=build, image="gantry/llamacpp:0.3.36")
+    images.register_catalog_entry(build=build, image="gantry/llamacpp:0.3.36")
     api = api_client_for(org_a)
     response = api.post(
         "/api/v1/deployments", {"model": "waits", "regions": ["local"]}, format="json"
@@ -116,6 +116,6 @@ def test_a_deployment_waits_for_the_weights_and_shows_the_progress(
     reconcile_until(d, lambda d: d.status == "pending", what="pending")
     assert d.status_reason.startswith("waiting for the model weights (0%, 0 of ")
     assert not d.replicas.exists()
-    cache = services.weights_cache_for(build)
-    services.weights_prefetch(cache_id=cache.pk, build_id=build.pk)
+    cache = weights.weights_cache_for(build)
+    weights.weights_prefetch(cache_id=cache.pk, build_id=build.pk)
     reconcile_until(d, lambda d: d.status == "running", what="running once the weights are in")

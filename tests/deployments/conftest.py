@@ -1,7 +1,5 @@
-import contextlib
 import json
 import os
-import signal
 import time
 from pathlib import Path
 
@@ -20,10 +18,12 @@ def replica_var(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("var")
 
 
-def _kill_all_local_replicas(var: Path) -> None:
-    for pidfile in (var / "replicas").glob("*/gantry-r*/pid"):
-        with contextlib.suppress(Exception):
-            os.killpg(int(pidfile.read_text().strip()), signal.SIGKILL)
+def stop_session_engines() -> None:
+    """Stop the engines this test session started (and only those: other sessions share
+    the machine), wherever their runtime folder is."""
+    from deployments.drivers.local import instance_processes, terminate
+
+    terminate(instance_processes(os.environ["GANTRY_INSTANCE"], engines_only=True))
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +32,7 @@ def _isolated_var(settings, replica_var):
     settings.GANTRY_MODEL_DIRS = [str(replica_var / "models")]
     yield
     # Whatever a test started, nothing outlives it.
-    _kill_all_local_replicas(replica_var)
+    stop_session_engines()
 
 
 def make_region(code: str, name: str = "", lat: float = 0.0, lon: float = 0.0) -> Region:
@@ -129,7 +129,6 @@ def docker_client():
         f"a Docker engine at {sock}",
     )
     import docker
-    import requests
 
     # A busy host (vfs copies whole images) can take minutes to answer.
     client = docker.DockerClient(base_url=sock, timeout=300)
@@ -139,12 +138,10 @@ def docker_client():
     except docker.errors.ImageNotFound:
         need(False, f"the engine image {image} (scripts/build-engine-images.sh builds it)")
     yield client
-    for c in client.containers.list(all=True, filters={"label": "gantry.replica"}):
-        # Another test session on this engine may be removing the same one right now.
-        with contextlib.suppress(
-            docker.errors.NotFound, docker.errors.APIError, requests.exceptions.Timeout
-        ):
-            c.remove(force=True)
+    # Only this session's containers: other sessions share the Docker engine.
+    mine = f"gantry.instance={os.environ['GANTRY_INSTANCE']}"
+    for c in client.containers.list(all=True, filters={"label": ["gantry.replica", mine]}):
+        c.remove(force=True)
     client.close()
 
 

@@ -1,6 +1,7 @@
 """The `docker` driver against the real Docker engine, running the real llama.cpp image."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -53,9 +54,8 @@ def test_create_run_complete_delete_on_docker_with_the_real_worker(
     )
 
     assert api.delete(f"/api/v1/deployments/{pk}").status_code == 204
-    # This replica's container is gone (other test sessions may share the engine).
-    name = f"^/gantry-r{replica['id']}$"
-    assert not docker_client.containers.list(all=True, filters={"name": name})
+    mine = f"gantry.instance={os.environ['GANTRY_INSTANCE']}"  # not other sessions'
+    assert not docker_client.containers.list(all=True, filters={"label": mine})
     assert Node.objects.get(pool=docker_pool).gpus_allocated == 0
     assert Deployment.objects.get(pk=pk).status == DeploymentStatus.DELETED
 

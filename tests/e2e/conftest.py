@@ -4,6 +4,7 @@ import shutil
 import pytest
 
 from tests.conftest import need
+from tests.deployments.conftest import _isolated_var, replica_var  # noqa: F401 - shared
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 

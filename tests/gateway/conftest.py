@@ -5,7 +5,11 @@ import time
 import pytest
 import uvicorn
 
-from tests.deployments.conftest import local_pool  # noqa: F401 - shared fixture
+from tests.deployments.conftest import (  # noqa: F401 - shared fixtures
+    _isolated_var,
+    local_pool,
+    replica_var,
+)
 
 
 def free_port() -> int:

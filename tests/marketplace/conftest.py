@@ -8,4 +8,8 @@ def catalog(db):
     catalog_load()
 
 
-from tests.deployments.conftest import local_pool  # noqa: E402, F401 - shared fixture
+from tests.deployments.conftest import (  # noqa: E402, F401 - shared fixtures
+    _isolated_var,
+    local_pool,
+    replica_var,
+)

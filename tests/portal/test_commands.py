@@ -55,3 +55,17 @@ def test_demo_is_idempotent(db):
     run("demo")
     assert Organization.objects.filter(slug="demo").count() == 1
     assert get_user_model().objects.get(username="demo").check_password("gantry-demo")
+
+
+def test_demo_loads_each_apps_demo_data_through_its_app_config(db, client):
+    from deployments.models import Deployment, Region
+
+    out = run("demo")
+    assert "Region local: a CPU pool" in out and "Catalog: " in out
+    assert Region.objects.filter(code="local").exists()
+    assert Deployment.objects.filter(organization__slug="demo", name="tiny-demo").exists()
+    client.force_login(get_user_model().objects.get(username="demo"))
+    page = client.get("/").content.decode()
+    # The dashboard's cards come from each app's AppConfig.dashboard_cards.
+    assert "Browse models" in page and "See deployments" in page
+    assert '<header>Deployments</header><p class="stat">1</p>' in page

@@ -98,3 +98,47 @@ def test_role_change_through_the_page(org_a, make_user, add_member, web_client):
     assert response.status_code == 200 and "pat is now billing" in response.content.decode()
     m.refresh_from_db()
     assert m.role == Role.BILLING
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_running_the_invitation_task_twice_sends_one_mail(org_a):
+    from portal.tasks import send_invitation
+
+    invitation = Invitation.objects.create(organization=org_a, email="twice@example.com")
+    send_invitation.apply(args=[invitation.pk]).get()
+    send_invitation.apply(args=[invitation.pk]).get()
+    assert len(mail.outbox) == 1 and mail.outbox[0].to == ["twice@example.com"]
+    assert Invitation.objects.get(pk=invitation.pk).sent_at is not None
+
+
+def test_a_refused_mail_releases_its_claim_so_the_retry_sends_it(org_a, settings):
+    import pytest
+
+    invitation = Invitation.objects.create(organization=org_a, email="later@example.com")
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", _closed_port()
+    settings.EMAIL_TIMEOUT = 5
+    with pytest.raises(OSError):  # nothing listens: the real SMTP client is refused
+        invitation_send(invitation_id=invitation.pk)
+    assert Invitation.objects.get(pk=invitation.pk).sent_at is None
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    assert invitation_send(invitation_id=invitation.pk) is True
+    assert invitation_send(invitation_id=invitation.pk) is False
+    assert len(mail.outbox) == 1
+
+
+def test_an_accepted_invitation_is_not_mailed(org_a, make_user):
+    from django.utils import timezone
+
+    invitation = Invitation.objects.create(
+        organization=org_a, email="done@example.com", accepted_at=timezone.now()
+    )
+    assert invitation_send(invitation_id=invitation.pk) is False
+    assert mail.outbox == [] and Invitation.objects.get(pk=invitation.pk).sent_at is None

@@ -26,7 +26,7 @@ def test_signup_refuses_weak_password_and_taken_name_naming_fields(client, make_
         {"username": "taken", "email": "x@example.com", "password": "123"},
     )
     body = response.content.decode()
-    assert response.status_code == 200
+    assert response.status_code == 400
     assert "username: That username is taken." in body
     assert "password:" in body
     assert not Organization.objects.filter(slug="taken-2").exists()

@@ -7,7 +7,8 @@ from portal.models import Membership, Organization, Role
 from portal.services import organization_create
 
 DEMO_USER = "demo"
-DEMO_PASSWORD = "gantry-demo"
+# Public on purpose: the README prints it so a newcomer can sign in to `make run`.
+DEMO_PASSWORD = "gantry-demo"  # noqa: S105
 DEMO_ORG = "demo"
 
 
@@ -34,14 +35,11 @@ class Command(BaseCommand):
             org = organization_create(name="Demo team", slug=DEMO_ORG, owner=user)
         Membership.objects.get_or_create(organization=org, user=user, defaults={"role": Role.OWNER})
         lines = [f"Demo ready: sign in as {DEMO_USER} / {DEMO_PASSWORD} (staff), org {org.slug}."]
-        # Later capabilities add their own demo data here, each through its services.
-        if apps.is_installed("marketplace"):
-            from marketplace.services import catalog_load
-
-            lines.append(f"Catalog: {catalog_load()}.")
-        if apps.is_installed("deployments"):
-            from deployments.demo import load_demo_inventory
-
-            lines += load_demo_inventory(org=org, user=user, deployment=not no_deployment)
+        # Other apps add their own demo data, each through its services. Tenancy may not
+        # import them, so each offers `load_demo(org=, user=, deployment=)` on its AppConfig;
+        # INSTALLED_APPS order is the order they load in.
+        for config in apps.get_app_configs():
+            if hasattr(config, "load_demo"):
+                lines += config.load_demo(org=org, user=user, deployment=not no_deployment)
         for line in lines:
             self.stdout.write(line)

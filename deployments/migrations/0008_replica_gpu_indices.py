@@ -3,7 +3,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("deployments", "0006_traffic"),
+        ("deployments", "0007_one_gpu_price"),
     ]
 
     operations = [
