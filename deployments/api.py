@@ -60,6 +60,10 @@ class ReplicaOut(serializers.ModelSerializer):
     region = serializers.CharField(source="region.code")
     pool = serializers.CharField(source="pool.name")
     node = serializers.CharField(source="node.name")
+    # Engines answer only the platform; where they listen is for staff, never tenants
+    # (the key stays in the contract, null for them, and for anyone when the serializer
+    # is given no request to tell).
+    url = serializers.SerializerMethodField()
 
     class Meta:
         model = Replica
@@ -76,6 +80,11 @@ class ReplicaOut(serializers.ModelSerializer):
             "ready_at",
             "exit_reason",
         ]
+
+    def get_url(self, r) -> str | None:
+        request = self.context.get("request")
+        staff = bool(request and getattr(request.user, "is_staff", False))
+        return (r.url or None) if staff else None
 
 
 class DeploymentOut(serializers.ModelSerializer):
@@ -119,7 +128,7 @@ class DeploymentOut(serializers.ModelSerializer):
                 .select_related("region", "pool", "node")
                 .order_by("ordinal")
             )
-        return ReplicaOut(replicas, many=True).data
+        return ReplicaOut(replicas, many=True, context=self.context).data
 
 
 class CapacityOut(serializers.Serializer):

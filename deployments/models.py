@@ -232,6 +232,9 @@ class Replica(models.Model):
     pool = models.ForeignKey(GpuPool, on_delete=models.PROTECT, related_name="replicas")
     node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="replicas")
     gpus = models.PositiveSmallIntegerField(help_text="GPUs held on the node; 0 once released.")
+    # Which of the node's GPUs (0-based device indices) it holds; what the driver hands
+    # the engine. Placement picks them under the node's row lock; empty once released.
+    gpu_indices = models.JSONField(default=list, blank=True)
     status = models.CharField(
         max_length=16, choices=ReplicaStatus.choices, default=ReplicaStatus.PENDING
     )

@@ -4,7 +4,15 @@ The chosen node is locked (SKIP LOCKED, so placers spread over nodes instead of 
 for one) and its GPUs are held with a conditional UPDATE ("add n where allocated + n <=
 total"): under any number of concurrent placers a node is never over-allocated. A CHECK
 constraint backs it up.
+
+Which of the node's GPUs a replica gets (its device indices) is decided in the same
+transaction, while the node's row is still locked by the hold: every placer that could
+pick the same node waits for that lock, and reads the indices already taken only after
+it has it (a new statement, so a fresh snapshot under READ COMMITTED). Two live replicas
+on one node therefore never share an index.
 """
+
+import json
 
 import psycopg
 from django.conf import settings
@@ -80,7 +88,8 @@ def _candidates(deployment: Deployment, pool_ids: list[int]):
 def place_replica(*, deployment: Deployment, ordinal: int) -> Replica:
     """Hold GPUs on the best node and record the replica there, atomically: if the replica
     row cannot be written (say a concurrent pass filled the slot: IntegrityError), the
-    hold is undone with it. On PostgreSQL this is one statement; elsewhere a transaction.
+    hold is undone with it. On PostgreSQL the hold is one statement and the indices a
+    second, in one transaction; elsewhere the ORM does the same steps.
 
     Concurrent placers do not queue behind one another for the same "best" node: each
     takes the best node nobody else is deciding on right now (FOR UPDATE SKIP LOCKED).
@@ -92,9 +101,10 @@ def place_replica(*, deployment: Deployment, ordinal: int) -> Replica:
     return _place_portable(deployment=deployment, ordinal=ordinal, pool_ids=pool_ids)
 
 
-# One round trip on PostgreSQL: choose and lock the node, hold its GPUs, write the
-# replica. Same filter and order as _candidates(); the ORM version below is the
-# reference (and what SQLite runs), and the tests run both on PostgreSQL.
+# One statement on PostgreSQL: choose and lock the node, hold its GPUs, write the
+# replica (its GPU indices follow in _INDICES_SQL). Same filter and order as
+# _candidates(); the ORM version below is the reference (and what SQLite runs), and the
+# tests run both on PostgreSQL.
 _PLACE_SQL = """
 WITH pools AS (
     SELECT p.id, p.region_id,
@@ -129,15 +139,62 @@ WITH pools AS (
     RETURNING n.id AS node_id, pick.pool_id, pick.region_id
 )
 INSERT INTO deployments_replica
-    (deployment_id, ordinal, region_id, pool_id, node_id, gpus, status, handle, url,
-     health_failures, exit_reason, created_at)
-SELECT %(deployment)s, %(ordinal)s, region_id, pool_id, node_id, %(n)s, 'pending', '', '',
-       0, '', now()
+    (deployment_id, ordinal, region_id, pool_id, node_id, gpus, gpu_indices, status, handle,
+     url, health_failures, exit_reason, created_at)
+SELECT %(deployment)s, %(ordinal)s, region_id, pool_id, node_id, %(n)s, '[]', 'pending', '',
+       '', 0, '', now()
 FROM held
 RETURNING id, region_id, pool_id, node_id, created_at
 """
 
 
+# The n lowest device indices of the node that no other live replica holds, written on
+# the new replica: _free_indices() below in one statement.
+_INDICES_SQL = """
+UPDATE deployments_replica SET gpu_indices = (
+    SELECT COALESCE(jsonb_agg(i ORDER BY i), '[]'::jsonb) FROM (
+        SELECT i FROM deployments_node n, generate_series(0, n.gpus_total - 1) AS i
+        WHERE n.id = %(node)s AND NOT EXISTS (
+            SELECT 1 FROM deployments_replica o
+            WHERE o.node_id = %(node)s AND o.id <> %(id)s AND o.gpus > 0
+              AND o.status IN ('pending', 'starting', 'running', 'stopping')
+              AND o.gpu_indices @> to_jsonb(i)
+        )
+        ORDER BY i
+        LIMIT %(n)s
+    ) free
+)
+WHERE id = %(id)s
+RETURNING gpu_indices
+"""
+
+
+def _short_of_indices(node_id: int, free: int, n: int) -> str:
+    # The count said there was room but the indices disagree: replicas placed before
+    # indices were recorded hold some without saying which. Refuse rather than share.
+    return f"node {node_id} has {free} unassigned GPU indices, needs {n}"
+
+
+def _free_indices(node_id: int, n: int, exclude: int | None = None) -> list[int]:
+    """The ``n`` lowest device indices of the node that no live replica holds. Call it only
+    while this transaction holds the node's row lock (see the module's docstring)."""
+    total = Node.objects.filter(pk=node_id).values_list("gpus_total", flat=True).get()
+    taken = set()
+    for held in (
+        Replica.objects.filter(node_id=node_id, status__in=LIVE_REPLICA_STATUSES, gpus__gt=0)
+        .exclude(pk=exclude)
+        .values_list("gpu_indices", flat=True)
+    ):
+        taken.update(i for i in held or () if isinstance(i, int))
+    free = [i for i in range(total) if i not in taken]
+    if len(free) < n:
+        raise Unschedulable(_short_of_indices(node_id, len(free), n))
+    return free[:n]
+
+
+# Atomic: the replica row is written by the first statement and its GPU indices by the
+# second; a node whose indices disagree with its count must leave neither behind.
+@transaction.atomic
 def _place_postgres(
     *, deployment: Deployment, ordinal: int, pool_ids: list[int] | None = None
 ) -> Replica:
@@ -166,6 +223,14 @@ def _place_postgres(
             row = cursor.fetchone()
         if row is not None:
             pk, region_id, pool_id, node_id, created_at = row
+            # Still inside the transaction that holds the node's row lock (see above).
+            with psycopg.Cursor(raw) as cursor:
+                cursor.execute(_INDICES_SQL, {"node": node_id, "id": pk, "n": n}, prepare=True)
+                indices = cursor.fetchone()[0]
+            if isinstance(indices, str):  # Django's connection leaves jsonb undecoded
+                indices = json.loads(indices)
+            if len(indices) < n:
+                raise Unschedulable(_short_of_indices(node_id, len(indices), n))
             replica = Replica(
                 pk=pk,
                 deployment=deployment,
@@ -174,6 +239,7 @@ def _place_postgres(
                 pool_id=pool_id,
                 node_id=node_id,
                 gpus=n,
+                gpu_indices=indices,
                 status=ReplicaStatus.PENDING,
                 created_at=created_at,
             )
@@ -216,6 +282,7 @@ def _place_portable(
                 pool_id=pool_id,
                 node_id=node_id,
                 gpus=n,
+                gpu_indices=_free_indices(node_id, n),
                 status=ReplicaStatus.PENDING,
             )
     raise Unschedulable(explain_unschedulable(deployment, pool_ids=pool_ids))

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
+from deployments.engine_auth import engine_api_key
 from deployments.models import Deployment, DeploymentStatus, Region, Replica
 
 
@@ -17,8 +18,9 @@ class Target:
     url: str
     region: str
     # What the relay sends the engine to prove the request comes from the platform
-    # (`Authorization: Bearer <replica secret>`); empty until replicas carry a secret.
-    # Read here, with the URL, so the relay never looks anything up on the request path.
+    # (`Authorization: Bearer <replica secret>`, see deployments.engine_auth); empty only
+    # for targets built by hand. Computed here, with the URL, so the relay never looks
+    # anything up on the request path.
     secret: str = field(default="", repr=False)
 
 
@@ -46,7 +48,9 @@ def routes_for(organization_id: int) -> dict[str, Route]:
         .exclude(url="")
         .values_list("pk", "deployment_id", "url", "region__code")
     ):
-        by_id[deployment_id].targets.append(Target(replica_id, url, region))
+        by_id[deployment_id].targets.append(
+            Target(replica_id, url, region, secret=engine_api_key(replica_id))
+        )
     return routes
 
 

@@ -21,6 +21,9 @@ if ! docker image inspect "$BASE" >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
   }
   root=$(mktemp -d /tmp/gantry-rootfs.XXXXXX)
+  # mktemp makes the folder 0700, and it becomes the image's "/": engines run as a
+  # non-root user, who must be able to enter it.
+  chmod 0755 "$root"
   log "debootstrap bookworm into $root (about 2 minutes)"
   debootstrap --variant=minbase --include=python3,python3-pip,libgomp1,ca-certificates \
     bookworm "$root" "$MIRROR" >/tmp/gantry-debootstrap.log 2>&1 || {
@@ -41,7 +44,10 @@ FROM $BASE
 COPY wheels /tmp/wheels
 RUN python3 -m pip install --no-index --find-links /tmp/wheels --break-system-packages \
       --no-compile "llama-cpp-python[server]==$LLAMA_VERSION" && rm -rf /tmp/wheels /root/.cache
-ENV PYTHONUNBUFFERED=1
+# Replicas run as nobody (65534, Debian's own), with a read-only root and HOME on a tmpfs.
+USER 65534:65534
+ENV PYTHONUNBUFFERED=1 HOME=/tmp \
+    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 CMD ["python3", "-m", "llama_cpp.server", "--help"]
 DOCKERFILE
   log "building $ENGINE"

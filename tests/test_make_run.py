@@ -8,6 +8,7 @@ import socket
 import sqlite3
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -132,9 +133,11 @@ def test_make_run_serves_the_portal_and_stops_everything_it_started(tmp_path, st
                 data=body,
                 headers={"Content-Type": "application/json"},
             )
-            with urllib.request.urlopen(request, timeout=30) as r:
-                assert json.loads(r.read())["usage"]["completion_tokens"] > 0
-            # The same through the gateway, with an API key minted by the operator command.
+            # Engines answer only the platform: a caller without the replica's key is refused.
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=30)
+            assert refused.value.code == 401
+            # Through the gateway, with an API key minted by the operator command.
             key = subprocess.run(
                 [
                     str(ROOT / ".venv" / "bin" / "python"),

@@ -27,6 +27,8 @@ class ReplicaSpec:
     node_name: str
     node_address: str
     node_config: dict = field(default_factory=dict)
+    # Which of the node's GPUs are the replica's (placement's indices, 0-based).
+    gpu_indices: tuple[int, ...] = ()
 
     @property
     def name(self) -> str:

@@ -1,11 +1,17 @@
 """The `kubernetes` driver: a replica is a Deployment (one pod) plus a Service.
 
 GPUs are requested as ``nvidia.com/gpu`` limits and steered to the right hardware with a
-node selector on the GPU product label that NVIDIA's GPU feature discovery sets. Pool
-config: ``namespace``, ``kubeconfig`` / ``context`` (or in-cluster), ``node_selector``
-(merged over the default), ``models_pvc`` (a volume holding model files),
-``service_domain`` (default ``svc.cluster.local``) and ``port`` (default 8000).
+node selector on the GPU product label that NVIDIA's GPU feature discovery sets. Pods run
+locked down: non-root, no privilege escalation, read-only root filesystem, no
+capabilities, no service-account token, CPU and memory limits; the engine's key comes
+from a per-replica Secret. Pool config: ``namespace``, ``kubeconfig`` / ``context`` (or
+in-cluster), ``node_selector`` (merged over the default), ``models_pvc`` (a volume holding
+model files) and ``models_root`` (what its root is on Gantry's side), ``cpu``,
+``cpu_request``, ``memory``, ``tmp_size``, ``service_domain`` (default
+``svc.cluster.local``) and ``port`` (default 8000).
 """
+
+from pathlib import PurePosixPath
 
 from django.conf import settings
 
@@ -18,7 +24,9 @@ from deployments.drivers.base import (
     RuntimeStatus,
     Started,
 )
-from deployments.engines import default_image, engine_command
+from deployments.drivers.launch import engine_launch
+from deployments.engine_auth import engine_api_key
+from deployments.engines import default_image
 
 # Values of the `nvidia.com/gpu.product` node label for each GPU type.
 GPU_PRODUCTS = {
@@ -31,36 +39,87 @@ GPU_PRODUCTS = {
 MODELS_MOUNT = "/models"
 
 
-def render_manifests(spec: ReplicaSpec, config: dict) -> tuple[dict, dict]:
-    """The Deployment and Service for one replica, as Kubernetes API objects (dicts)."""
+KEY_ENV = "GANTRY_ENGINE_KEY"
+# Paths inside the pod (its own emptyDir volumes), not folders of any host.
+POD_TMP, POD_SHM = "/tmp", "/dev/shm"  # noqa: S108
+UID = 65534  # "nobody" in Debian-based images, the engines' own included
+
+
+def _model_volume(spec: ReplicaSpec, config: dict) -> tuple[list, list, str]:
+    """(volumes, mounts, model path in the pod): only the replica's own file or folder of
+    the models PVC (``subPath``), read-only. ``models_root`` is the path the PVC's root
+    holds on Gantry's side (default: the first model folder)."""
+    if not config.get("models_pvc") or not spec.model_ref.startswith("/"):
+        return [], [], spec.model_ref
+    root = PurePosixPath(config.get("models_root") or settings.GANTRY_MODEL_DIRS[0])
+    path = PurePosixPath(spec.model_ref)
+    sub = str(path.relative_to(root)) if path.is_relative_to(root) else path.name
+    if ".." in PurePosixPath(sub).parts:
+        raise DriverError(f"model path {spec.model_ref} escapes the models volume")
+    inside = f"{MODELS_MOUNT}/{path.name}"
+    volume = {
+        "name": "models",
+        "persistentVolumeClaim": {"claimName": config["models_pvc"], "readOnly": True},
+    }
+    mount = {"name": "models", "mountPath": inside, "subPath": sub, "readOnly": True}
+    return [volume], [mount], inside
+
+
+def render_manifests(spec: ReplicaSpec, config: dict) -> tuple[dict, dict, dict]:
+    """The Deployment, Service and Secret (the engine's key) of one replica, as Kubernetes
+    API objects (dicts).
+
+    GPUs: the pod asks for ``nvidia.com/gpu`` limits and NVIDIA's device plugin decides
+    which devices of the node it gets (and isolates them); placement's indices are only
+    Gantry's own accounting on this driver, the plugin does not take them.
+    """
     namespace = config.get("namespace", "gantry")
     port = int(config.get("port", 8000))
     labels = {k.replace("gantry.", "gantry.io/"): v for k, v in spec.labels.items()}
     selector = {"gantry.io/replica": str(spec.replica_id)}
-    model_path = spec.model_ref
-    volumes, mounts = [], []
-    if config.get("models_pvc"):
-        volumes.append(
-            {
-                "name": "models",
-                "persistentVolumeClaim": {"claimName": config["models_pvc"], "readOnly": True},
-            }
-        )
-        mounts.append({"name": "models", "mountPath": MODELS_MOUNT, "readOnly": True})
-        if spec.engine == "llama.cpp":
-            model_path = f"{MODELS_MOUNT}/{spec.model_ref.rsplit('/', 1)[-1]}"
-    command = engine_command(
-        spec.engine, model_path=model_path, port=port, host="0.0.0.0", args=spec.engine_args
-    )
-    resources: dict = {"requests": {"cpu": "1", "memory": "2Gi"}}
+    volumes, mounts, model_path = _model_volume(spec, config)
+    # The engine listens on the pod's own address (the cluster network), not on every
+    # interface: Kubernetes expands $(POD_IP) from the downward API below.
+    launch = engine_launch(spec, model_path=model_path, host="$(POD_IP)", port=port)
+    key = engine_api_key(spec.replica_id)
+    # The key stays in a Secret: the pod spec only names it (SGLang, which reads it from
+    # its argv only, gets it through $(GANTRY_ENGINE_KEY) expansion).
+    command = [f"$({KEY_ENV})" if a == key else a for a in launch.argv]
+    from_secret = {"secretKeyRef": {"name": spec.name, "key": "api-key"}}
+    env = [
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "GANTRY_REPLICA", "value": spec.name},
+        {"name": "HOME", "value": POD_TMP},
+        {"name": "HF_HOME", "value": f"{POD_TMP}/hf"},
+        {"name": KEY_ENV, "valueFrom": from_secret},
+        *({"name": name, "valueFrom": from_secret} for name in launch.env),
+    ]
+    # Requests and limits alike, so a replica cannot take its neighbours' CPU or memory.
+    cpu, memory = str(config.get("cpu", "4")), str(config.get("memory", "16Gi"))
+    resources: dict = {
+        "requests": {"cpu": str(config.get("cpu_request", "1")), "memory": memory},
+        "limits": {"cpu": cpu, "memory": memory},
+    }
     node_selector = {}
     if spec.gpus and spec.gpu_type != "cpu":
-        resources["limits"] = {"nvidia.com/gpu": str(spec.gpus)}
+        resources["limits"]["nvidia.com/gpu"] = str(spec.gpus)
         product = GPU_PRODUCTS.get(spec.gpu_type)
         if product:
             node_selector["nvidia.com/gpu.product"] = product
     node_selector.update(config.get("node_selector", {}))
-    probe = {"httpGet": {"path": "/v1/models", "port": port}, "periodSeconds": 5}
+    volumes.append({"name": "tmp", "emptyDir": {"sizeLimit": config.get("tmp_size", "4Gi")}})
+    mounts.append({"name": "tmp", "mountPath": POD_TMP})
+    if spec.engine != "llama.cpp":
+        # vLLM and SGLang share tensors between their processes through /dev/shm.
+        volumes.append({"name": "shm", "emptyDir": {"medium": "Memory"}})
+        mounts.append({"name": "shm", "mountPath": POD_SHM})
+    # Probes carry no credentials (a header would put the key in the spec): vLLM and
+    # SGLang answer /health without one; llama-cpp-python's server has no such route, so
+    # its port opening is the sign. The reconciler's own probe is the authenticated one.
+    if spec.engine == "llama.cpp":
+        probe: dict = {"tcpSocket": {"port": port}, "periodSeconds": 5}
+    else:
+        probe = {"httpGet": {"path": "/health", "port": port}, "periodSeconds": 5}
     container = {
         "name": "engine",
         "image": spec.image or default_image(spec.engine),
@@ -69,10 +128,28 @@ def render_manifests(spec: ReplicaSpec, config: dict) -> tuple[dict, dict]:
         "resources": resources,
         "readinessProbe": {**probe, "failureThreshold": 3},
         "startupProbe": {**probe, "failureThreshold": 180},
-        "env": [{"name": "GANTRY_REPLICA", "value": spec.name}],
+        "env": env,
         "volumeMounts": mounts,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "privileged": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
     }
-    pod_spec: dict = {"containers": [container], "volumes": volumes}
+    pod_spec: dict = {
+        "containers": [container],
+        "volumes": volumes,
+        # The pod has no business with the cluster's API, nor with other services' names.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": UID,
+            "runAsGroup": UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
     if node_selector:
         pod_spec["nodeSelector"] = node_selector
     if spec.gpus and spec.gpu_type != "cpu":
@@ -99,7 +176,14 @@ def render_manifests(spec: ReplicaSpec, config: dict) -> tuple[dict, dict]:
             "ports": [{"name": "http", "port": port, "targetPort": port}],
         },
     }
-    return deployment, service
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": spec.name, "namespace": namespace, "labels": labels},
+        "type": "Opaque",
+        "stringData": {"api-key": key},
+    }
+    return deployment, service, secret
 
 
 class KubernetesDriver(PoolDriver):
@@ -143,9 +227,10 @@ class KubernetesDriver(PoolDriver):
         from kubernetes.client.exceptions import ApiException
 
         apps, core = self._apis()
-        deployment, service = render_manifests(spec, self.config)
+        deployment, service, secret = render_manifests(spec, self.config)
         deployment["metadata"]["labels"]["gantry.io/pool"] = str(self.pool.pk)
         for create, body in (
+            (core.create_namespaced_secret, secret),
             (apps.create_namespaced_deployment, deployment),
             (core.create_namespaced_service, service),
         ):
@@ -189,7 +274,11 @@ class KubernetesDriver(PoolDriver):
         from kubernetes.client.exceptions import ApiException
 
         apps, core = self._apis()
-        for delete in (apps.delete_namespaced_deployment, core.delete_namespaced_service):
+        for delete in (
+            apps.delete_namespaced_deployment,
+            core.delete_namespaced_service,
+            core.delete_namespaced_secret,
+        ):
             try:
                 self._call(delete, handle, self.namespace)
             except ApiException as exc:

@@ -27,7 +27,8 @@ from deployments.drivers.base import (
     RuntimeStatus,
     Started,
 )
-from deployments.engines import engine_command, model_file
+from deployments.drivers.launch import engine_launch
+from deployments.engines import model_file
 
 MARKER = "GANTRY_REPLICA"
 # Names the Gantry instance (one `make run`, one test session) that started an engine, so
@@ -56,7 +57,7 @@ ENGINE_ENV = {
 
 def _free_port(host: str) -> int:
     with socket.socket() as s:
-        s.bind((host if host not in {"", "0.0.0.0"} else "127.0.0.1", 0))
+        s.bind((host if host not in {"", "0.0.0.0"} else "127.0.0.1", 0))  # noqa: S104
         return s.getsockname()[1]
 
 
@@ -196,14 +197,10 @@ class LocalDriver(PoolDriver):
         pidfile = rundir / "pid"
         pidfile.unlink(missing_ok=True)
         log_path = rundir / "log"
-        cmd = engine_command(
-            spec.engine,
-            model_path=str(path),
-            port=port,
-            host=host,
-            args=spec.engine_args,
-            python=sys.executable,
+        launch = engine_launch(
+            spec, model_path=str(path), host=host, port=port, python=sys.executable
         )
+        cmd = launch.argv
         url = f"http://{host}:{port}"
         # Written before the launch, so a crash at any later point leaves a findable trail.
         self._write_meta(
@@ -211,12 +208,15 @@ class LocalDriver(PoolDriver):
             {"pid": None, "port": port, "url": url, "cmd": cmd, "requested_at": requested_at},
         )
         env = {k: v for k, v in os.environ.items() if k in ENGINE_ENV or k.startswith("OPENBLAS_")}
-        env.update({MARKER: spec.name, "PYTHONUNBUFFERED": "1"})
+        env.update({MARKER: spec.name, "PYTHONUNBUFFERED": "1", **launch.env})
+        # Exactly the GPUs placement gave the replica, and none for a CPU replica.
+        cpu = not spec.gpus or spec.gpu_type == "cpu"
+        env["CUDA_VISIBLE_DEVICES"] = "" if cpu else ",".join(map(str, spec.gpu_indices))
         # setsid -f forks into a new session and returns at once: the engine is then no
         # child of this worker. The shell records its pid, then becomes the engine.
         launcher = ["setsid", "-f", "sh", "-c", 'echo $$ > "$0"; exec "$@"', str(pidfile), *cmd]
         with open(log_path, "ab") as log:
-            subprocess.run(
+            subprocess.run(  # noqa: S603 - a list built here; no shell parses tenant text
                 launcher,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -18,6 +18,7 @@ from django.utils import timezone
 from billing import services as billing
 from billing.models import BillingAccount, Quota
 from deployments.drivers import DriverError, DriverUnavailable, driver_for
+from deployments.engine_auth import engine_api_key
 from deployments.models import (
     LIVE_REPLICA_STATUSES,
     Deployment,
@@ -73,12 +74,18 @@ def pool_check(*, pool: GpuPool) -> GpuPool:
 
 
 def replica_logs(*, replica: Replica, tail: int = 200) -> str:
+    """The engine's log tail, as its organization may read it: without the address the
+    engine listens on (engines print it when they start) or its key."""
     if not replica.handle:
         return ""
     try:
-        return driver_for(replica.pool).logs(replica.handle, tail=max(1, min(tail, 2000)))
+        text = driver_for(replica.pool).logs(replica.handle, tail=max(1, min(tail, 2000)))
     except DriverError as exc:
-        return f"(logs unavailable: {exc})"
+        text = f"(logs unavailable: {exc})"
+    text = text.replace(engine_api_key(replica.pk), "[engine key]")
+    if replica.url:
+        text = text.replace(replica.url.split("://", 1)[-1], "[replica address]")
+    return text
 
 
 def local_pools_shutdown(*, why: str = "Gantry on this machine shut down") -> int:

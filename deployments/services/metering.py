@@ -50,12 +50,13 @@ def replica_meter(
 
 
 def release_replica_gpus(replica_id: int) -> int:
-    """Give a replica's GPUs back to its node, once. Returns how many were released."""
+    """Give a replica's GPUs (and their indices) back to its node, once. Returns how many
+    were released."""
     with transaction.atomic():
         r = Replica.objects.select_for_update().filter(pk=replica_id).first()
         if r is None or r.gpus == 0:
             return 0
         released = r.gpus
         Node.objects.filter(pk=r.node_id).update(gpus_allocated=F("gpus_allocated") - released)
-        Replica.objects.filter(pk=r.pk).update(gpus=0)
+        Replica.objects.filter(pk=r.pk).update(gpus=0, gpu_indices=[])
         return released

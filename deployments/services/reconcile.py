@@ -13,6 +13,8 @@ Invariants (it is idempotent and safe to kill at any point):
   this host is taken over at once, elsewhere after it expires.
 * A replica is metered before its GPUs are released, so the ledger always has the time the
   GPUs were held.
+* Engines are probed with their replica's own key (deployments.engine_auth), the way the
+  gateway calls them, and the timeline never says where a replica listens.
 """
 
 import logging
@@ -31,6 +33,7 @@ from django.utils import timezone
 from billing import services as billing
 from billing.models import GpuQuota
 from deployments.drivers import DriverError, DriverUnavailable, ReplicaSpec, driver_for
+from deployments.engine_auth import engine_auth_headers
 from deployments.engines import model_file, weights_progress
 from deployments.models import (
     ACTIVE_REPLICA_STATUSES,
@@ -113,9 +116,12 @@ class ReconcileResult:
     actions: list[str] = field(default_factory=list)
 
 
-def _probe(url: str) -> bool:
+def _probe(url: str, replica_id: int) -> bool:
+    # With the replica's key, as the gateway calls it (engines refuse callers without it).
+    # The URL is the driver's own (http://<node address>:<port>), never a tenant's.
+    request = urllib.request.Request(f"{url}/v1/models", headers=engine_auth_headers(replica_id))  # noqa: S310
     try:
-        with urllib.request.urlopen(f"{url}/v1/models", timeout=3) as response:
+        with urllib.request.urlopen(request, timeout=3) as response:  # noqa: S310
             return response.status == 200
     except (OSError, ValueError):
         return False
@@ -136,6 +142,7 @@ def _spec(d: Deployment, r: Replica) -> ReplicaSpec:
         node_name=r.node.name,
         node_address=r.node.address,
         node_config=dict(r.node.config or {}),
+        gpu_indices=tuple(r.gpu_indices or ()),
     )
 
 
@@ -229,7 +236,7 @@ class _Pass:
             if status.state != "running":
                 self.fail(r, status.detail or status.state)
                 continue
-            healthy = _probe(r.url)
+            healthy = _probe(r.url, r.pk)
             if r.status == ReplicaStatus.STARTING:
                 if healthy:
                     now = timezone.now()
@@ -384,7 +391,8 @@ class _Pass:
             event(
                 self.d,
                 "replica_started",
-                f"started replica {r.ordinal + 1} as {started.handle} at {started.url}",
+                # Not where it listens: tenants read the timeline.
+                f"started replica {r.ordinal + 1} as {started.handle}",
                 r,
             )
             self.requeue(1)

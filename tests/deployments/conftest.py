@@ -84,7 +84,17 @@ def reconcile_until(deployment, predicate, timeout: float = 90, what: str = "") 
 
 
 def chat(url: str, text: str = "hello", max_tokens: int = 8) -> dict:
+    """A chat completion straight from a replica, sent as the platform sends it: with that
+    replica's own key (engines answer nobody else)."""
     import urllib.request
+
+    from deployments.engine_auth import engine_auth_headers
+    from deployments.models import Replica
+
+    replica_id = (
+        Replica.objects.filter(url=url, status="running").values_list("pk", flat=True).first()
+    )
+    assert replica_id, f"no running replica at {url}"
 
     # The demo model's weights are random: keep it from ending at once on the end token.
     body = json.dumps(
@@ -95,7 +105,9 @@ def chat(url: str, text: str = "hello", max_tokens: int = 8) -> dict:
         }
     ).encode()
     request = urllib.request.Request(
-        f"{url}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+        f"{url}/v1/chat/completions",
+        data=body,
+        headers={"Content-Type": "application/json", **engine_auth_headers(replica_id)},
     )
     with urllib.request.urlopen(request, timeout=60) as response:
         return json.loads(response.read())
@@ -118,7 +130,8 @@ def docker_client():
     )
     import docker
 
-    client = docker.DockerClient(base_url=sock)
+    # A busy host (vfs copies whole images) can take minutes to answer.
+    client = docker.DockerClient(base_url=sock, timeout=300)
     image = django_settings.GANTRY_ENGINE_IMAGES["llama.cpp"]
     try:
         client.images.get(image)
@@ -133,7 +146,24 @@ def docker_client():
 
 
 @pytest.fixture
-def docker_pool(docker_client, db):
+def distinct_replica_ids(db):
+    """Container names are the replicas' (gantry-r<id>), and other test sessions may use the
+    same Docker engine with ids of their own database: start this test's ids at a random
+    point far from theirs, so names never collide."""
+    import secrets
+
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT setval(pg_get_serial_sequence('deployments_replica', 'id'), %s)",
+                [10_000_000 + secrets.randbelow(2_000_000_000)],
+            )
+
+
+@pytest.fixture
+def docker_pool(docker_client, distinct_replica_ids, db):
     region = make_region("docker-local", "Docker on this machine")
     return make_pool(
         region,

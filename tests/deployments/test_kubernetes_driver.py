@@ -40,51 +40,117 @@ def spec(**kw) -> ReplicaSpec:
     return ReplicaSpec(**{**base, **kw})
 
 
-def test_gpu_replica_renders_a_valid_deployment_and_service():
-    deployment, service = render_manifests(
+def test_gpu_replica_renders_a_valid_deployment_service_and_secret():
+    deployment, service, secret = render_manifests(
         spec(), {"namespace": "inference", "node_selector": {"pool": "h100-a"}}
     )
     d = _validate(deployment, "V1Deployment")
     s = _validate(service, "V1Service")
+    k = _validate(secret, "V1Secret")
     container = d.spec.template.spec.containers[0]
     assert d.metadata.name == "gantry-r42" and d.metadata.namespace == "inference"
-    assert container.resources.limits == {"nvidia.com/gpu": "2"}
+    # Limits only: NVIDIA's device plugin picks (and isolates) the devices.
+    assert container.resources.limits == {"nvidia.com/gpu": "2", "cpu": "4", "memory": "16Gi"}
+    assert container.resources.requests == {"cpu": "1", "memory": "16Gi"}
     assert d.spec.template.spec.node_selector == {
         "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
         "pool": "h100-a",
     }
     assert d.spec.template.spec.tolerations[0].key == "nvidia.com/gpu"
     assert container.command[:3] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
-    assert container.command[-2:] == ["--max-model-len", "8192"]
+    assert container.command[container.command.index("--max-model-len") + 1] == "8192"
+    assert container.command[-2:] == ["--served-model-name", "chat"]
     assert container.image == "vllm/vllm-openai:v0.11.0"
-    assert container.readiness_probe.http_get.path == "/v1/models"
+    assert container.readiness_probe.http_get.path == "/health"
     # The Service selects exactly this replica's pod.
     assert s.spec.selector == d.spec.selector.match_labels == {"gantry.io/replica": "42"}
     assert set(d.spec.selector.match_labels.items()) <= set(d.spec.template.metadata.labels.items())
     assert s.spec.ports[0].port == container.ports[0].container_port == 8000
+    assert k.metadata.name == "gantry-r42" and k.metadata.namespace == "inference"
 
 
-def test_cpu_replica_requests_no_gpu_and_mounts_models_from_a_pvc():
-    deployment, _ = render_manifests(
+def test_the_engine_key_is_only_in_the_secret_and_the_engine_listens_on_the_pod_ip():
+    from deployments.engine_auth import engine_api_key
+
+    deployment, service, secret = render_manifests(spec(), {})
+    key = engine_api_key(42)
+    assert secret["stringData"] == {"api-key": key}
+    assert key not in json.dumps(deployment) and key not in json.dumps(service)
+    container = _validate(deployment, "V1Deployment").spec.template.spec.containers[0]
+    env = {e.name: e for e in container.env}
+    assert env["VLLM_API_KEY"].value_from.secret_key_ref.name == "gantry-r42"
+    assert env["VLLM_API_KEY"].value_from.secret_key_ref.key == "api-key"
+    assert env["POD_IP"].value_from.field_ref.field_path == "status.podIP"
+    assert container.command[container.command.index("--host") + 1] == "$(POD_IP)"
+    assert "0.0.0.0" not in container.command
+
+
+def test_sglang_gets_its_key_through_env_expansion_not_a_literal():
+    deployment, _, secret = render_manifests(spec(engine="sglang"), {})
+    command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[command.index("--api-key") + 1] == "$(GANTRY_ENGINE_KEY)"
+    assert secret["stringData"]["api-key"] not in json.dumps(deployment)
+
+
+def test_pods_are_locked_down():
+    deployment, _, _ = render_manifests(spec(), {})
+    pod = _validate(deployment, "V1Deployment").spec.template.spec
+    assert pod.automount_service_account_token is False
+    assert pod.enable_service_links is False
+    assert pod.security_context.run_as_non_root is True
+    assert pod.security_context.run_as_user == 65534
+    assert pod.security_context.seccomp_profile.type == "RuntimeDefault"
+    ctx = pod.containers[0].security_context
+    assert ctx.allow_privilege_escalation is False
+    assert ctx.read_only_root_filesystem is True
+    assert ctx.privileged is False
+    assert ctx.capabilities.drop == ["ALL"]
+    # The read-only root leaves the engine a writable /tmp (its $HOME) and /dev/shm.
+    mounts = {m.mount_path: m.name for m in pod.containers[0].volume_mounts}
+    assert mounts == {"/tmp": "tmp", "/dev/shm": "shm"}
+    assert "limits" in deployment["spec"]["template"]["spec"]["containers"][0]["resources"]
+
+
+def test_cpu_replica_requests_no_gpu_and_mounts_only_its_own_model_file(settings):
+    settings.GANTRY_MODEL_DIRS = ["/srv/models"]
+    deployment, _, _ = render_manifests(
         spec(
             engine="llama.cpp",
             gpus=1,
             gpu_type="cpu",
-            model_ref="/srv/models/m.gguf",
+            model_ref="/srv/models/alpha/m.gguf",
             engine_args=(),
         ),
         {"models_pvc": "model-cache"},
     )
     d = _validate(deployment, "V1Deployment")
     pod = d.spec.template.spec
-    assert "limits" not in deployment["spec"]["template"]["spec"]["containers"][0]["resources"]
+    limits = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert "nvidia.com/gpu" not in limits
     assert pod.node_selector is None and pod.tolerations is None
     assert pod.volumes[0].persistent_volume_claim.claim_name == "model-cache"
+    assert pod.volumes[0].persistent_volume_claim.read_only is True
+    [mount] = [m for m in pod.containers[0].volume_mounts if m.name == "models"]
+    # Just the file, by its path inside the volume: not the folder beside it.
+    assert (mount.mount_path, mount.sub_path, mount.read_only) == (
+        "/models/m.gguf",
+        "alpha/m.gguf",
+        True,
+    )
     assert "/models/m.gguf" in pod.containers[0].command
+    assert pod.containers[0].readiness_probe.tcp_socket.port == 8000
+
+
+def test_a_tenant_flag_abbreviating_the_host_flag_is_refused():
+    from deployments.drivers.base import DriverError
+
+    for args in (("--hos=0.0.0.0",), ("--ho", "0.0.0.0"), ("--API_KEY", "x"), ("--po=1",)):
+        with pytest.raises(DriverError, match="is set by Gantry"):
+            render_manifests(spec(engine_args=args), {})
 
 
 def test_client_side_validation_rejects_a_broken_manifest():
-    deployment, _ = render_manifests(spec(), {})
+    deployment, _, _ = render_manifests(spec(), {})
     del deployment["spec"]["template"]["spec"]["containers"][0]["name"]
     with pytest.raises(ValueError, match="name"):
         _validate(deployment, "V1Deployment")

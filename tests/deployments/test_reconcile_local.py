@@ -74,7 +74,7 @@ def test_create_run_complete_delete_with_the_real_worker(
     assert body["status"] == "running" and body["endpoint"].endswith("/v1")
     [replica] = body["replicas"]
     assert replica["region"] == "local" and replica["pool"] == "cpu"
-    answer = chat(replica["url"])
+    answer = chat(Replica.objects.get(pk=replica["id"]).url)
     assert answer["usage"]["completion_tokens"] > 0 and answer["choices"][0]["message"]
     kinds = [e["kind"] for e in api.get(f"/api/v1/deployments/{pk}/events").json()["results"]]
     assert {"created", "replica_placed", "replica_started", "replica_ready"} <= set(kinds)
