@@ -6,6 +6,7 @@ import pytest
 
 from deployments.demo_model import write_demo_gguf
 from tests.deployments.conftest import (  # noqa: F401 - shared fixtures
+    distinct_replica_ids,
     docker_client,
     docker_pool,
     local_pool,

@@ -264,6 +264,8 @@ def test_docker_device_requests_carry_exactly_the_placed_indices(
         driver="docker",
         config={"docker_url": settings.DOCKER_HOST, "port_range": [31100, 31199]},
     )
+    pool.allowed_images = [image]  # the operator's choice of image for this pool
+    pool.save(update_fields=["allowed_images"])
     node = pool.nodes.get()
     node.config = {"gpu_ids": [f"GPU-{i:02d}" for i in range(8)]}
     node.save()
