@@ -14,7 +14,7 @@ import time
 
 from django.conf import settings
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from gateway import errors
 from gateway.auth import Caller, bearer
@@ -22,7 +22,7 @@ from gateway.control import wake
 from gateway.db import db
 from gateway.metering import usage_counts
 from gateway.metrics import CONTENT_TYPE
-from gateway.relay import UNREACHABLE, AnswerTooLarge
+from gateway.relay import UNREACHABLE, AnswerTooLarge, EventStream
 from gateway.routes import Route, Target
 from gateway.validation import Invalid, parse, read_body
 
@@ -121,12 +121,11 @@ async def proxy(request: Request, path: str) -> Response:
         headers = {"x-gantry-region": target.region}
         status = upstream.status
         if stream:
-            return StreamingResponse(
+            return EventStream(
                 gw.relay.stream(
                     upstream, stream_done(gw, caller, route, target, status, started, body)
                 ),
                 status_code=status,
-                media_type="text/event-stream",
                 headers=headers,
             )
         try:
