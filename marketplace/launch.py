@@ -195,7 +195,9 @@ def profile_launch(profile) -> Launch:
         notes.append(f"expert parallel over {tp} GPUs (MoE, {profile.model.parameters_b}B)")
     try:
         pairs = parse_engine_args(profile.engine, args, version=schema.version)
-        extra = parse_engine_args(profile.engine, list(profile.engine_args), version=schema.version)
+        extra = parse_engine_args(
+            profile.engine, list(profile.engine_args or []), version=schema.version
+        )
     except ValidationError as exc:
         message = " ".join(exc.messages)
         raise _refuse(profile, "args", message) from None

@@ -110,6 +110,7 @@ def deploy(request: HttpRequest, slug: str) -> HttpResponse:
         "profiles": profiles,
         "profile": profile,
         "fit": profile_fit(profile) if profile else None,
+        "launch": launch_or_reason(profile)[0] if profile else None,
         "price": format_price(price_per_hour_cents(profile)) if profile else "",
         "price_source": gpu_hour_provenance().get(profile.gpu_type.code, "") if profile else "",
         "regions": Region.objects.filter(enabled=True).order_by("code"),

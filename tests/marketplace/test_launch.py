@@ -13,6 +13,15 @@ from marketplace.launch import LARGE_MOE_B, profile_launch
 from marketplace.models import CatalogModel, ServingProfile
 from marketplace.services import CATALOG_DIR
 
+
+@pytest.fixture
+def h100_pool(db):
+    from tests.deployments.conftest import make_pool, make_region
+
+    region = make_region("eu-west", "EU West")
+    return make_pool(region, "h100-a", "h100-80gb", [("n1", 8)], driver="kubernetes")
+
+
 CONTEXT = {"vllm": "--max-model-len", "sglang": "--context-length", "llama.cpp": "--n_ctx"}
 SEQS = {"vllm": "--max-num-seqs", "sglang": "--max-running-requests"}
 FRACTION = {"vllm": "--gpu-memory-utilization", "sglang": "--mem-fraction-static"}
@@ -179,3 +188,60 @@ def test_tensor_parallel_below_the_gpu_count_needs_a_reason_and_renders_data_par
     launch = profile_launch(ServingProfile.objects.get(name="l40s-x2"))
     assert launch.engine_args[:4] == ["--tp-size", "1", "--dp-size", "2"]
     assert any("two copies" in n for n in launch.notes)
+
+
+def test_deploy_form_disables_a_profile_that_does_not_fit_and_refuses_it(
+    catalog, org_a, web_client, h100_pool
+):
+    from django.urls import reverse
+
+    from deployments.models import Deployment
+    from tests.conftest import owner_of
+
+    client = web_client(owner_of(org_a), org_a)
+    url = reverse("marketplace:deploy", args=["deepseek-r1"])
+    page = client.get(url, {"profile": "h200x8-fp8"}).content.decode()
+    assert 'value="h100x8-fp8"  disabled title="Does not fit: needs 88.7 GiB per GPU' in page
+    assert "(not offered: does not fit its GPUs)" in page
+    assert "--tp-size 8 --ep-size 8" in page  # the launch of the previewed profile
+    response = client.post(url, {"profile": "h100x8-fp8", "region": "eu-west", "name": ""})
+    assert response.status_code == 400
+    assert "profile: h100x8-fp8: Does not fit: needs 88.7 GiB per GPU" in response.content.decode()
+    assert not Deployment.objects.exists()
+
+
+def test_admin_refuses_a_profile_edit_whose_launch_does_not_validate(catalog):
+    from django.forms.models import model_to_dict
+
+    from marketplace.admin import ProfileForm
+
+    profile = ServingProfile.objects.get(model__slug="qwen2.5-72b-instruct", name="a100x2-awq")
+    data = model_to_dict(profile)
+    assert ProfileForm(data=data, instance=profile).is_valid()
+    data["model_ref"] = "Qwen/Qwen2.5-72B-Instruct"  # the BF16 repo under an AWQ profile
+    form = ProfileForm(data=data, instance=profile)
+    assert not form.is_valid()
+    assert "awq-int4 needs the awq-int4 repo listed in quant_repos" in str(form.errors)
+    data.update(model_ref="Qwen/Qwen2.5-72B-Instruct-AWQ", tensor_parallel=3)
+    form = ProfileForm(data=data, instance=ServingProfile.objects.get(pk=profile.pk))
+    assert not form.is_valid() and "differs from the GPU count 2" in str(form.errors)
+
+
+def test_an_operator_edit_that_breaks_the_launch_shows_why_and_cannot_deploy(
+    catalog, org_a, api_client_for, h100_pool
+):
+    from deployments.models import Deployment
+
+    ServingProfile.objects.filter(model__slug="qwen3-8b", name="h100-bf16").update(
+        engine_args=["--trust-remote-code"]
+    )
+    api = api_client_for(org_a)
+    profiles = {p["name"]: p for p in api.get("/api/v1/models/qwen3-8b").json()["profiles"]}
+    broken = profiles["h100-bf16"]
+    assert broken["launch"] is None and "--trust-remote-code" in broken["launch_error"]
+    response = api.post(
+        "/api/v1/deployments", {"model": "qwen3-8b", "profile": "h100-bf16"}, format="json"
+    )
+    assert response.status_code == 400
+    assert "qwen3-8b/h100-bf16" in " ".join(response.json()["profile"])
+    assert not Deployment.objects.exists()
