@@ -39,7 +39,7 @@ class ProfileForm(forms.ModelForm):
         if self.errors or getattr(self.instance, "model", None) is None:
             return
         try:
-            profile_launch(self.instance)
+            profile_launch(self.instance, strict=True)
         except ValidationError as exc:
             self.add_error(None, " ".join(exc.messages))
 

@@ -183,9 +183,10 @@ def _command(engine: str, model_ref: str, args: list[str]) -> list[str]:
     return [*head, *tail, *args, "--served-model-name", "<deployment name>", "--api-key", ELIDED]
 
 
-def profile_launch(profile) -> Launch:
+def profile_launch(profile, *, strict: bool = False) -> Launch:
     """The exact launch of ``profile``, or a ValidationError naming the profile, the field
-    and what is wrong."""
+    and what is wrong. ``strict`` (catalog files, staff edits) also refuses extra args that
+    repeat a flag the profile's fields render."""
     schema = schema_for(profile.engine, profile.engine_version)
     tp, dp, notes = _tensor_parallel(profile)
     ref, quant_flags, weight_notes = _weights(profile)
@@ -203,11 +204,13 @@ def profile_launch(profile) -> Launch:
         raise _refuse(profile, "args", message) from None
     given = {flag.key for flag, _ in extra}
     clash = [flag.name for flag, _ in pairs if flag.key in given]
-    if clash and profile.model.organization_id is None:
+    if clash and strict:
         raise _refuse(
             profile, "args", f"{clash[0]} is rendered from the profile's fields; set it there"
         )
-    # A build's own options (chosen in the wizard) take the place of the rendered value.
+    # Outside review (a build's wizard options, a published tuning) an explicit flag takes
+    # the place of the rendered one, and the launch says so.
+    notes += [f"{name} from the profile's args, not its fields" for name in clash]
     engine_args = render_args([*(fp for fp in pairs if fp[0].key not in given), *extra])
     return Launch(
         argv=_command(profile.engine, ref, engine_args),

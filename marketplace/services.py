@@ -149,7 +149,7 @@ def _check_launch(path: Path, profile: ServingProfile) -> None:
     """Refuse (the whole load rolls back) a profile whose launch does not validate; pin
     the engine version it was checked against."""
     try:
-        launch = profile_launch(profile)
+        launch = profile_launch(profile, strict=True)
     except ValidationError as exc:
         detail = "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
         raise ValidationError(

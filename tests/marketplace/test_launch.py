@@ -4,6 +4,7 @@ facts accept; loadcatalog refuses one that is not."""
 from pathlib import Path
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
@@ -245,3 +246,16 @@ def test_an_operator_edit_that_breaks_the_launch_shows_why_and_cannot_deploy(
     assert response.status_code == 400
     assert "qwen3-8b/h100-bf16" in " ".join(response.json()["profile"])
     assert not Deployment.objects.exists()
+
+
+def test_outside_review_an_explicit_arg_takes_the_place_of_the_rendered_flag(catalog):
+    # A published tuning or a build's options: the launch shows the flag that will run.
+    profile = ServingProfile.objects.get(model__slug="qwen3-8b", name="l40s-bf16")
+    profile.engine_args = ["--max-num-seqs", "64"]
+    launch = profile_launch(profile)
+    assert launch.engine_args.count("--max-num-seqs") == 1
+    assert _contains(launch.engine_args, ["--max-num-seqs", "64"])
+    assert "--max-num-seqs from the profile's args, not its fields" in launch.notes
+    with pytest.raises(ValidationError) as exc:
+        profile_launch(profile, strict=True)
+    assert "--max-num-seqs is rendered from the profile's fields" in str(exc.value)
