@@ -168,9 +168,18 @@ def _profile_args(profile, tp: int, dp: int, ep: bool, quant_flags: list[str]) -
     return ["--n_ctx", length]
 
 
+def _shown_ref(model_ref: str) -> str:
+    """A hub repo as it is; a path on the node only by its file name (the folders of a
+    node's weights cache are the operator's business, not a tenant's)."""
+    if model_ref.startswith("/"):
+        return "<weights cache>/" + model_ref.rstrip("/").rsplit("/", 1)[-1]
+    return model_ref
+
+
 def _command(engine: str, model_ref: str, args: list[str]) -> list[str]:
     """What a replica runs, with the platform's parts (address, name, key) shown as
     placeholders: the real ones are per replica."""
+    model_ref = _shown_ref(model_ref)
     if engine == "llama.cpp":
         head = ["python3", "-m", "llama_cpp.server", "--model", model_ref]
         tail = ["--host", "<replica address>", "--port", str(PORT)]

@@ -259,3 +259,30 @@ def test_outside_review_an_explicit_arg_takes_the_place_of_the_rendered_flag(cat
     with pytest.raises(ValidationError) as exc:
         profile_launch(profile, strict=True)
     assert "--max-num-seqs is rendered from the profile's fields" in str(exc.value)
+
+
+def test_a_build_on_the_nodes_weights_cache_shows_only_its_file_name(catalog, org_a):
+    from deployments.models import GpuType
+
+    model = CatalogModel.objects.get(slug="qwen3-8b")
+    model.pk, model.organization, model.slug = None, org_a, "my-build"
+    model.save()
+    profile = ServingProfile.objects.create(
+        model=model,
+        name="build-1",
+        engine="llama.cpp",
+        gpu_type=GpuType.objects.get(code="cpu"),
+        quantization="q8_0",
+        max_model_len=4096,
+        model_ref="/srv/gantry/weights/abc123/my-model.gguf",
+    )
+    launch = profile_launch(profile)
+    assert launch.argv[:5] == [
+        "python3",
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        "<weights cache>/my-model.gguf",
+    ]
+    assert not any("/srv/gantry" in a for a in launch.argv)
+    assert launch.engine_args == ["--n_ctx", "4096"]
