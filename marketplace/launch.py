@@ -81,7 +81,9 @@ def _gguf_names_other_quant(ref: str, quant: str) -> bool:
     """Whether a GGUF file's name says it holds another quant than the profile's."""
     name = ref.rsplit("/", 1)[-1].lower().replace("-", "_")
     named = [q for q in (*GGUF_ONLY, "f32", "bf16", "f16") if q in name]
-    return bool(named) and quant not in named
+    # The builder files an F16 GGUF under bf16 (two bytes a weight either way).
+    same = {quant, "f16"} if quant == "bf16" else {quant}
+    return bool(named) and not same & set(named)
 
 
 def _weights(profile) -> tuple[str, list[str], list[str]]:
@@ -97,7 +99,8 @@ def _weights(profile) -> tuple[str, list[str], list[str]]:
             raise _refuse(profile, "quant", f"llama.cpp serves GGUF files, not {quant}")
         if ref.startswith("demo:"):
             return ref, [], []
-        if not ref.lower().endswith(".gguf") or _gguf_names_other_quant(ref, quant):
+        not_gguf = curated and not ref.lower().endswith(".gguf")
+        if not_gguf or _gguf_names_other_quant(ref, quant):
             raise _refuse(profile, "model_ref", f"give the {quant.upper()} GGUF file, not {ref!r}")
         return ref, [], [f"GGUF file {ref.rsplit('/', 1)[-1]}"]
     if quant in GGUF_ONLY:

@@ -286,3 +286,20 @@ def test_a_build_on_the_nodes_weights_cache_shows_only_its_file_name(catalog, or
     ]
     assert not any("/srv/gantry" in a for a in launch.argv)
     assert launch.engine_args == ["--n_ctx", "4096"]
+
+
+@pytest.mark.parametrize(
+    ("quant", "file", "ok"),
+    [
+        ("q4_k_m", "Qwen3-8B-Q4_K_M.gguf", True),
+        ("q4_k_m", "Qwen3-8B-Q8_0.gguf", False),
+        ("bf16", "model-f16.gguf", True),  # the builder files F16 under bf16
+        ("bf16", "model-BF16.gguf", True),
+        ("f32", "model-Q4_K_M.gguf", False),
+        ("q8_0", "model.gguf", True),  # a name that says nothing is taken at its word
+    ],
+)
+def test_a_gguf_file_must_not_name_another_quant(quant, file, ok):
+    from marketplace.launch import _gguf_names_other_quant
+
+    assert _gguf_names_other_quant(file, quant) is not ok
