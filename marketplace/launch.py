@@ -6,7 +6,7 @@ The arguments are checked against the engine's flag schema (deployments.flags) f
 version the profile is written for, so what the page shows is what deploy passes.
 
 Flag names (checked against each engine's documentation):
-- vLLM (``vllm serve`` / the OpenAI server, 0.11): ``--tensor-parallel-size``,
+- vLLM (its OpenAI server, ``vllm serve``, 0.11): ``--tensor-parallel-size``,
   ``--data-parallel-size``, ``--enable-expert-parallel``, ``--quantization fp8`` (online
   FP8 from 16-bit weights), ``--max-model-len``, ``--max-num-seqs``,
   ``--gpu-memory-utilization``, ``--kv-cache-dtype``.
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from django.core.exceptions import ValidationError
 
+from deployments.engines import engine_command
 from deployments.flags import parse_engine_args, render_args, schema_for
 
 GGUF_ONLY = ("q8_0", "q4_k_m")  # quants that exist only as GGUF files
@@ -180,19 +181,22 @@ def _shown_ref(model_ref: str) -> str:
 
 
 def _command(engine: str, model_ref: str, args: list[str]) -> list[str]:
-    """What a replica runs, with the platform's parts (address, name, key) shown as
-    placeholders: the real ones are per replica."""
-    model_ref = _shown_ref(model_ref)
+    """What a replica runs — the drivers' own command (deployments.engines and
+    deployments.drivers.launch) — with the per-replica parts as placeholders. The engine's
+    key travels in the environment (API_KEY, VLLM_API_KEY), except SGLang's: elided."""
+    argv = engine_command(
+        engine,
+        model_path=_shown_ref(model_ref),
+        port=PORT,
+        host="<replica address>",
+        args=args,
+        python="python3",
+    )
     if engine == "llama.cpp":
-        head = ["python3", "-m", "llama_cpp.server", "--model", model_ref]
-        tail = ["--host", "<replica address>", "--port", str(PORT)]
-        return [*head, *tail, *args, "--model_alias", "<deployment name>"]
+        return [*argv, "--model_alias", "<deployment name>"]
     if engine == "vllm":
-        head = ["vllm", "serve", model_ref, "--host", "<replica address>", "--port", str(PORT)]
-        return [*head, *args, "--served-model-name", "<deployment name>"]
-    head = ["python3", "-m", "sglang.launch_server", "--model-path", model_ref]
-    tail = ["--host", "<replica address>", "--port", str(PORT)]
-    return [*head, *tail, *args, "--served-model-name", "<deployment name>", "--api-key", ELIDED]
+        return [*argv, "--served-model-name", "<deployment name>"]
+    return [*argv, "--served-model-name", "<deployment name>", "--api-key", ELIDED]
 
 
 def profile_launch(profile, *, strict: bool = False) -> Launch:
