@@ -100,6 +100,9 @@ def catalog_load(*, directory: Path = CATALOG_DIR) -> LoadResult:
             slug = entry["slug"]
             existing = CatalogModel.objects.filter(slug=slug, organization=None).first()
             if existing is not None and existing.managed_by == Managed.OPERATOR:
+                # Their facts stay the operator's; the computed fit follows the estimate.
+                for kept in existing.profiles.select_related("model", "gpu_type"):
+                    profile_refresh_fit(kept)
                 result.kept += 1
                 continue
             values = _model_values(entry, defaults)
