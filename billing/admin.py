@@ -51,8 +51,9 @@ class QuotaAdmin(admin.ModelAdmin):
 
 @admin.register(GpuRate)
 class GpuRateAdmin(admin.ModelAdmin):
-    list_display = ["gpu_type", "cents_per_hour", "effective_from"]
+    list_display = ["gpu_type", "cents_per_hour", "effective_from", "source", "as_of"]
     list_filter = ["gpu_type"]
+    search_fields = ["gpu_type", "source"]
 
 
 @admin.register(TokenRate)

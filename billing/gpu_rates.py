@@ -1,5 +1,7 @@
-"""Starting GPU rates (cents per GPU-hour), the same list prices as the GPU-type table;
-operators change them in the admin, with an effective date."""
+"""Starting GPU rates (cents per GPU-hour). They are the operator's own prices, not read
+from any provider's price list, and are marked so (``GpuRate.source``); operators change
+them in the admin, with an effective date, and name a source and its date when a price
+follows a published list."""
 
 DEFAULT_GPU_RATES = {
     "b200-192gb": 599,

@@ -80,12 +80,19 @@ class GpuQuota(models.Model):
         return f"{self.gpu_type}@{self.region or 'all'} ≤ {self.max_gpus}"
 
 
+OPERATOR_PRICE = "operator's own price"
+
+
 class GpuRate(models.Model):
     """Price of one GPU-hour of a GPU type, from `effective_from` on."""
 
     gpu_type = models.CharField(max_length=32)
     cents_per_hour = models.PositiveIntegerField()
     effective_from = models.DateTimeField()
+    # Where the price comes from: a published price list (its name or address) read on
+    # `as_of`, or OPERATOR_PRICE — the operator set it, no outside source.
+    source = models.CharField(max_length=300, default=OPERATOR_PRICE)
+    as_of = models.DateField(null=True, blank=True, help_text="When the source was read.")
 
     class Meta:
         constraints = [
@@ -95,6 +102,20 @@ class GpuRate(models.Model):
 
     def __str__(self) -> str:
         return f"{self.gpu_type} {self.cents_per_hour}¢/h from {self.effective_from:%Y-%m-%d}"
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        if not self.source.strip():
+            raise ValidationError({"source": f"Name the price list, or write {OPERATOR_PRICE!r}."})
+        if self.source != OPERATOR_PRICE and self.as_of is None:
+            raise ValidationError({"as_of": "Give the date the source was read."})
+
+    @property
+    def provenance(self) -> str:
+        if self.source == OPERATOR_PRICE:
+            return f"{OPERATOR_PRICE}, from {self.effective_from:%Y-%m-%d}"
+        return f"{self.source}, as of {self.as_of:%Y-%m-%d}" if self.as_of else self.source
 
 
 class TokenRate(models.Model):

@@ -102,6 +102,17 @@ def gpu_hour_prices(at: datetime | None = None) -> dict[str, int]:
     return prices
 
 
+def gpu_hour_provenance(at: datetime | None = None) -> dict[str, str]:
+    """Where each GPU type's current price comes from (``GpuRate.provenance``), in one
+    query, keyed like ``gpu_hour_prices``."""
+    rates: dict[str, str] = {}
+    for rate in GpuRate.objects.filter(effective_from__lte=at or timezone.now()).order_by(
+        "gpu_type", "-effective_from"
+    ):
+        rates.setdefault(rate.gpu_type, rate.provenance)
+    return rates
+
+
 def gpu_hour_cents_sql(gpu_type_code_ref: str, at: datetime | None = None) -> Subquery:
     """The same price as an SQL expression, for querysets that sort or aggregate by it;
     `gpu_type_code_ref` names the GPU-type code in the outer query."""

@@ -213,6 +213,9 @@ LLAMACPP_RESERVED = frozenset(
 )
 
 KV_DTYPES_VLLM = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
+# Methods that need no file beyond the checkpoint (vLLM's --quantization choices).
+VLLM_QUANTS = ("fp8", "awq", "awq_marlin", "gptq", "gptq_marlin", "compressed-tensors")
+SGLANG_QUANTS = ("fp8", "awq", "awq_marlin", "gptq", "gptq_marlin", "compressed-tensors")
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 
 # vLLM's OpenAI server (vllm/engine/arg_utils.py, 0.11): dashes, booleans as
@@ -234,6 +237,10 @@ VLLM_0_11 = (
     _b("--enable-chunked-prefill", "Split long prompts into chunks.", "optional", tunable=True),
     _b("--enforce-eager", "Run without CUDA graphs.", "optional", tunable=True),
     _i("--tensor-parallel-size", 1, 16, "GPUs one model is split over."),
+    _i("--data-parallel-size", 1, 16, "Data-parallel copies in one replica."),
+    # Experts spread over the tensor-parallel GPUs instead of split inside each expert.
+    _b("--enable-expert-parallel", "Expert parallelism for MoE layers.", "optional"),
+    _c("--quantization", VLLM_QUANTS, "Weight quantization (fp8: online, from 16-bit weights)."),
     _c("--block-size", ("1", "8", "16", "32", "64", "128"), "KV cache block size.", int),
     _f("--swap-space", 0, 64, "CPU swap space per GPU, GiB."),
     _c("--dtype", DTYPES, "Weight and activation data type."),
@@ -256,6 +263,8 @@ SGLANG_0_5 = (
     _i("--max-prefill-tokens", 16, CONTEXT_MAX, "Tokens per prefill batch.", tunable=True),
     _i("--tp-size", 1, 16, "GPUs one model is split over.", aliases=("--tp",)),
     _i("--dp-size", 1, 16, "Data-parallel copies.", aliases=("--dp",)),
+    _i("--ep-size", 1, 16, "GPUs the MoE experts are spread over.", aliases=("--ep",)),
+    _c("--quantization", SGLANG_QUANTS, "Weight quantization (fp8: online, from 16-bit weights)."),
     _c(
         "--schedule-policy",
         ("lpm", "random", "fcfs", "dfs-weight", "lof", "priority"),

@@ -1,29 +1,55 @@
+from django import forms
 from django.contrib import admin
+from django.core.exceptions import ValidationError
 
+from marketplace.launch import profile_launch
 from marketplace.models import CatalogModel, CatalogSync, Managed, ServingProfile
 from marketplace.services import profile_refresh_fit
+
+PROFILE_FIELDS = [
+    "name",
+    "engine",
+    "gpu_type",
+    "gpu_count",
+    "quantization",
+    "max_model_len",
+    "concurrent_sequences",
+    "gpu_memory_utilization",
+    "engine_args",
+    "engine_version",
+    "tensor_parallel",
+    "parallel_reason",
+    "kv_cache_dtype",
+    "model_ref",
+    "throughput_tokens_s",
+    "throughput_source",
+]
+
+
+class ProfileForm(forms.ModelForm):
+    """A profile staff edit must still render a launch the engine's schema accepts: the
+    same check loadcatalog makes, so a saved profile is one deploy can start."""
+
+    class Meta:
+        model = ServingProfile
+        fields = PROFILE_FIELDS
+
+    def _post_clean(self):
+        super()._post_clean()
+        if self.errors or getattr(self.instance, "model", None) is None:
+            return
+        try:
+            profile_launch(self.instance, strict=True)
+        except ValidationError as exc:
+            self.add_error(None, " ".join(exc.messages))
 
 
 class ProfileInline(admin.TabularInline):
     model = ServingProfile
+    form = ProfileForm
     extra = 0
-    fields = [
-        "name",
-        "engine",
-        "gpu_type",
-        "gpu_count",
-        "quantization",
-        "max_model_len",
-        "concurrent_sequences",
-        "gpu_memory_utilization",
-        "engine_args",
-        "model_ref",
-        "throughput_tokens_s",
-        "throughput_source",
-        "fits",
-        "memory_required_gib",
-    ]
-    readonly_fields = ["fits", "memory_required_gib"]
+    fields = [*PROFILE_FIELDS, "fits", "memory_required_gib", "fit_reason"]
+    readonly_fields = ["fits", "memory_required_gib", "fit_reason"]
 
 
 @admin.register(CatalogModel)

@@ -5,9 +5,11 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, viewsets
 from rest_framework.response import Response
 
+from billing.selectors import gpu_hour_provenance
 from marketplace import selectors
 from marketplace.access import access_catalog_model
 from marketplace.fit import price_per_hour_cents
+from marketplace.launch import launch_or_reason
 from marketplace.models import CatalogModel, ServingProfile
 
 
@@ -18,6 +20,17 @@ def _price(cents) -> str | None:
 class ProfileOut(serializers.ModelSerializer):
     gpu_type = serializers.CharField(source="gpu_type.code")
     price_per_hour = serializers.SerializerMethodField(help_text="USD per hour per replica")
+    price_source = serializers.SerializerMethodField(
+        help_text="Where the GPU-hour price comes from, and its date"
+    )
+    launch = serializers.SerializerMethodField(
+        help_text="The exact command a replica runs (secrets and per-replica parts elided)"
+    )
+    launch_engine_args = serializers.SerializerMethodField(
+        help_text="The engine arguments a deployment of this profile passes"
+    )
+    launch_error = serializers.SerializerMethodField()
+    engine_version = serializers.SerializerMethodField()
 
     class Meta:
         model = ServingProfile
@@ -31,16 +44,51 @@ class ProfileOut(serializers.ModelSerializer):
             "max_model_len",
             "concurrent_sequences",
             "engine_args",
+            "engine_version",
+            "tensor_parallel",
+            "parallel_reason",
+            "kv_cache_dtype",
+            "launch",
+            "launch_engine_args",
+            "launch_error",
             "price_per_hour",
+            "price_source",
             "fits",
+            "fit_reason",
             "memory_required_gib",
             "memory_available_gib",
             "throughput_tokens_s",
             "throughput_source",
         ]
 
+    def _launch(self, p):
+        cache = self.context.setdefault("launches", {})
+        if p.pk not in cache:
+            cache[p.pk] = launch_or_reason(p)
+        return cache[p.pk]
+
     def get_price_per_hour(self, p) -> str:
         return _price(price_per_hour_cents(p))
+
+    def get_price_source(self, p) -> str:
+        if "provenance" not in self.context:
+            self.context["provenance"] = gpu_hour_provenance()
+        return self.context["provenance"].get(p.gpu_type.code, "")
+
+    def get_launch(self, p) -> list[str] | None:
+        launch, _ = self._launch(p)
+        return launch.argv if launch else None
+
+    def get_launch_engine_args(self, p) -> list[str] | None:
+        launch, _ = self._launch(p)
+        return launch.engine_args if launch else None
+
+    def get_launch_error(self, p) -> str:
+        return self._launch(p)[1]
+
+    def get_engine_version(self, p) -> str:
+        launch, _ = self._launch(p)
+        return launch.engine_version if launch else p.engine_version
 
 
 class ModelOut(serializers.ModelSerializer):
@@ -133,4 +181,5 @@ class CatalogViewSet(viewsets.GenericViewSet):
 
     @extend_schema(responses=ModelDetailOut)
     def retrieve(self, request, slug=None):
-        return Response(ModelDetailOut(access_catalog_model(request.org, slug)).data)
+        model = access_catalog_model(request.org, slug)
+        return Response(ModelDetailOut(model, context={"request": request}).data)

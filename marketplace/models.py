@@ -56,6 +56,10 @@ class CatalogModel(models.Model):
     qk_rope_head_dim = models.PositiveIntegerField(default=0, help_text="MLA rope part.")
     # Where the facts came from, field by field.
     sources = models.JSONField(default=dict, blank=True)
+    # Checkpoints of other precisions a profile may load, by quantization
+    # ({"awq-int4": "Qwen/Qwen2.5-72B-Instruct-AWQ"}); where `hf_repo` itself holds FP8
+    # weights it is listed under "fp8". A profile's repo must be `hf_repo` or one of these.
+    quant_repos = models.JSONField(default=dict, blank=True)
     # From the hub (catalog_sync).
     downloads = models.PositiveBigIntegerField(default=0)
     likes = models.PositiveIntegerField(default=0)
@@ -110,7 +114,19 @@ class ServingProfile(models.Model):
         default=1, help_text="Sequences at full context the KV cache is sized for."
     )
     gpu_memory_utilization = models.DecimalField(max_digits=3, decimal_places=2, default=0.90)
-    engine_args = models.JSONField(default=list, blank=True)
+    engine_args = models.JSONField(
+        default=list, blank=True, help_text="Extra flags beyond what the fields render."
+    )
+    engine_version = models.CharField(
+        max_length=16, blank=True, help_text="The engine version the launch is written for."
+    )
+    kv_cache_dtype = models.CharField(max_length=16, default="auto")
+    tensor_parallel = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="Default: the GPU count."
+    )
+    parallel_reason = models.CharField(
+        max_length=300, blank=True, help_text="Why tensor parallel differs from the GPU count."
+    )
     model_ref = models.CharField(
         max_length=255, blank=True, help_text="What the engine loads; default the hub repo."
     )
@@ -119,6 +135,7 @@ class ServingProfile(models.Model):
     memory_required_gib = models.DecimalField(max_digits=9, decimal_places=2, default=0)
     memory_available_gib = models.DecimalField(max_digits=9, decimal_places=2, default=0)
     fits = models.BooleanField(default=False)
+    fit_reason = models.TextField(blank=True)
     throughput_tokens_s = models.PositiveIntegerField(null=True, blank=True)
     throughput_source = models.CharField(
         max_length=300, blank=True, help_text="Where the figure comes from (cited or measured)."

@@ -18,6 +18,7 @@ from deployments.placement import explain_unschedulable
 from deployments.services import deployment_create
 from marketplace import selectors
 from marketplace.fit import price_per_hour_cents, profile_fit
+from marketplace.launch import profile_launch
 from marketplace.models import CatalogModel, CatalogSync, Managed, ServingProfile
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ MODEL_FIELDS = [
     "attention",
     "kv_lora_rank",
     "qk_rope_head_dim",
+    "quant_repos",
 ]
 
 
@@ -50,10 +52,12 @@ def profile_refresh_fit(profile: ServingProfile) -> ServingProfile:
     fit = profile_fit(profile)
     ServingProfile.objects.filter(pk=profile.pk).update(
         fits=fit.fits,
+        fit_reason=fit.sentence,
         memory_required_gib=Decimal(str(fit.required_gib)),
         memory_available_gib=Decimal(str(fit.available_gib)),
     )
     profile.fits = fit.fits
+    profile.fit_reason = fit.sentence
     profile.memory_required_gib = Decimal(str(fit.required_gib))
     profile.memory_available_gib = Decimal(str(fit.available_gib))
     return profile
@@ -75,6 +79,7 @@ def _model_values(entry: dict, defaults: dict) -> dict:
     values.setdefault("gated", False)
     values.setdefault("attention", "gqa")
     values.setdefault("description", "")
+    values.setdefault("quant_repos", {})
     values["sources"] = {**defaults.get("sources", {}), **entry.get("sources", {})}
     return values
 
@@ -95,6 +100,9 @@ def catalog_load(*, directory: Path = CATALOG_DIR) -> LoadResult:
             slug = entry["slug"]
             existing = CatalogModel.objects.filter(slug=slug, organization=None).first()
             if existing is not None and existing.managed_by == Managed.OPERATOR:
+                # Their facts stay the operator's; the computed fit follows the estimate.
+                for kept in existing.profiles.select_related("model", "gpu_type"):
+                    profile_refresh_fit(kept)
                 result.kept += 1
                 continue
             values = _model_values(entry, defaults)
@@ -123,16 +131,36 @@ def catalog_load(*, directory: Path = CATALOG_DIR) -> LoadResult:
                         "concurrent_sequences": p.get("seqs", 1),
                         "gpu_memory_utilization": Decimal(str(p.get("utilization", "0.90"))),
                         "engine_args": p.get("args", []),
+                        "engine_version": str(p.get("engine_version", "")),
+                        "kv_cache_dtype": p.get("kv_cache_dtype", "auto"),
+                        "tensor_parallel": p.get("tp"),
+                        "parallel_reason": p.get("tp_reason", ""),
                         "model_ref": p.get("model_ref", ""),
                         "image": p.get("image", ""),
                         "throughput_tokens_s": p.get("throughput_tokens_s"),
                         "throughput_source": p.get("throughput_source", ""),
                     },
                 )
+                _check_launch(path, profile)
                 profile_refresh_fit(profile)
                 names.append(p["name"])
             model.profiles.exclude(name__in=names).delete()
     return result
+
+
+def _check_launch(path: Path, profile: ServingProfile) -> None:
+    """Refuse (the whole load rolls back) a profile whose launch does not validate; pin
+    the engine version it was checked against."""
+    try:
+        launch = profile_launch(profile, strict=True)
+    except ValidationError as exc:
+        detail = "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
+        raise ValidationError(
+            f"{path.name}: {profile.model.slug}/{profile.name}: launch does not validate: {detail}"
+        ) from None
+    if profile.engine_version != launch.engine_version:
+        profile.engine_version = launch.engine_version
+        profile.save(update_fields=["engine_version"])
 
 
 # --- Hub sync -------------------------------------------------------------------------
@@ -142,6 +170,18 @@ def _hub_api():
     from huggingface_hub import HfApi
 
     return HfApi(endpoint=settings.HF_ENDPOINT or None, token=settings.HF_TOKEN or None)
+
+
+def _hub_license(card: dict, tags: list[str]) -> str:
+    """The licence id the hub gives: the card's ``license``, or for ``other`` the card's
+    own ``license_name`` (how the hub spells custom licences such as ``qwen``)."""
+    license_ = card.get("license") or next(
+        (t.split(":", 1)[1] for t in tags if t.startswith("license:")), ""
+    )
+    license_ = str(license_ or "").strip().lower()
+    if license_ == "other" and card.get("license_name"):
+        return str(card["license_name"]).strip().lower()
+    return license_
 
 
 def catalog_sync(*, timeout: float = 10.0) -> CatalogSync:
@@ -164,11 +204,11 @@ def catalog_sync(*, timeout: float = 10.0) -> CatalogSync:
             continue
         changes: dict = {"synced_at": timezone.now()}
         card = info.card_data.to_dict() if info.card_data else {}
-        license_ = card.get("license") or next(
-            (t.split(":", 1)[1] for t in (info.tags or []) if t.startswith("license:")), None
-        )
-        if license_:
-            changes["license"] = str(license_)[:64]
+        license_ = _hub_license(card, info.tags or [])
+        # The catalog curates licence ids the hub only knows as "other" (qwen, llama4…):
+        # a generic answer never replaces a specific one.
+        if license_ and not (license_ == "other" and model.license not in ("", "other")):
+            changes["license"] = license_[:64]
         if info.gated is not None:
             changes["gated"] = bool(info.gated)
         if info.downloads is not None:
@@ -260,17 +300,6 @@ def profile_pick(model: CatalogModel, key: str | int | ServingProfile | None) ->
     return profile
 
 
-CONTEXT_FLAG = {"vllm": "--max-model-len", "sglang": "--context-length", "llama.cpp": "--n_ctx"}
-
-
-def _with_context_length(profile: ServingProfile) -> list[str]:
-    args = list(profile.engine_args)
-    flag = CONTEXT_FLAG.get(profile.engine)
-    if flag and flag not in args:
-        args += [flag, str(profile.max_model_len)]
-    return args
-
-
 def _free_name(org, base: str) -> str:
     base = base[:55].strip("-.").replace(".", "-") or "model"
     name, n = base, 1
@@ -301,7 +330,11 @@ def catalog_deploy(
     room."""
     profile = profile_pick(model, profile)
     if not profile.fits:
-        raise ValidationError({"profile": profile_fit(profile).sentence})
+        raise ValidationError({"profile": f"{profile.name}: {profile_fit(profile).sentence}"})
+    try:
+        launch = profile_launch(profile)
+    except ValidationError as exc:
+        raise ValidationError({"profile": " ".join(exc.messages)}) from None
     regions = [code for code in (regions or []) if code]
     if not regions:
         roomy = regions_with_room(profile)
@@ -336,7 +369,7 @@ def catalog_deploy(
         engine=profile.engine,
         image=profile.image,
         model_ref=profile.model_ref or model.hf_repo,
-        engine_args=_with_context_length(profile),
+        engine_args=launch.engine_args,
         gpu_type=profile.gpu_type.code,
         gpus_per_replica=profile.gpu_count,
         min_replicas=min_replicas,

@@ -7,11 +7,12 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
-from billing.selectors import gpu_hour_prices
+from billing.selectors import gpu_hour_prices, gpu_hour_provenance
 from deployments.models import Region
 from marketplace import selectors, services
 from marketplace.access import access_catalog_model
-from marketplace.fit import format_price, price_per_hour_cents, profile_fit
+from marketplace.fit import format_price, gpu_memory_source, price_per_hour_cents, profile_fit
+from marketplace.launch import launch_or_reason
 from portal.access import require
 from portal.roles import can
 from portal.views import org_required
@@ -40,15 +41,22 @@ def grid(request: HttpRequest) -> HttpResponse:
 
 
 def _profile_rows(model) -> list[dict]:
-    prices = gpu_hour_prices()
-    return [
-        {
-            "profile": p,
-            "fit": profile_fit(p),
-            "price": format_price(price_per_hour_cents(p, prices)),
-        }
-        for p in model.profiles.all()
-    ]
+    prices, provenance = gpu_hour_prices(), gpu_hour_provenance()
+    rows = []
+    for p in model.profiles.all():
+        launch, launch_error = launch_or_reason(p)
+        rows.append(
+            {
+                "profile": p,
+                "fit": profile_fit(p),
+                "memory_source": gpu_memory_source(p.gpu_type),
+                "price": format_price(price_per_hour_cents(p, prices)),
+                "price_source": provenance.get(p.gpu_type.code, ""),
+                "launch": launch,
+                "launch_error": launch_error,
+            }
+        )
+    return rows
 
 
 @org_required
@@ -102,7 +110,9 @@ def deploy(request: HttpRequest, slug: str) -> HttpResponse:
         "profiles": profiles,
         "profile": profile,
         "fit": profile_fit(profile) if profile else None,
+        "launch": launch_or_reason(profile)[0] if profile else None,
         "price": format_price(price_per_hour_cents(profile)) if profile else "",
+        "price_source": gpu_hour_provenance().get(profile.gpu_type.code, "") if profile else "",
         "regions": Region.objects.filter(enabled=True).order_by("code"),
         "roomy": {r.code for r in roomy},
         "region": region,

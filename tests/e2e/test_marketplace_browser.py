@@ -27,6 +27,14 @@ def test_find_a_model_and_deploy_the_demo_in_three_clicks(page, celery_worker, o
     page.get_by_role("link", name="Qwen3 235B-A22B").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Qwen3 235B-A22B")
     expect(page.locator("table")).to_contain_text("4×H200 141GB")
+    # The exact launch a deployment of a profile starts, one click away.
+    page.get_by_text("Launch of h100x8-fp8").click()
+    expect(page.get_by_test_id("launch-h100x8-fp8")).to_contain_text(
+        "vllm.entrypoints.openai.api_server --model Qwen/Qwen3-235B-A22B-FP8"
+    )
+    expect(page.get_by_test_id("launch-h100x8-fp8")).to_contain_text(
+        "--tensor-parallel-size 8 --enable-expert-parallel"
+    )
 
     # From the grid to a starting deployment: card → Deploy → confirm.
     page.goto("/marketplace/")

@@ -40,8 +40,11 @@ def test_load_is_idempotent_and_keeps_operator_entries(catalog):
         head_dim=1,
         managed_by=Managed.OPERATOR,
     )
+    # A stored fit from an older estimate is brought up to date; the entry is not touched.
+    ServingProfile.objects.filter(model=llama).update(fits=False, fit_reason="stale")
     before = CatalogModel.objects.count(), ServingProfile.objects.count()
     result = catalog_load()
+    assert all(p.fits and p.fit_reason.startswith("Fits") for p in llama.profiles.all())
     assert result.created == 0 and result.kept == 1
     assert (CatalogModel.objects.count(), ServingProfile.objects.count()) == before
     assert CatalogModel.objects.get(slug="llama-3.1-8b-instruct").description == (

@@ -66,3 +66,24 @@ def test_catalog_sync_command_reports(catalog, hub, capsys):
 
     call_command("catalog_sync", "--timeout", "1")
     assert capsys.readouterr().out.startswith("PARTIAL: updated 0")
+
+
+def test_sync_keeps_the_licence_ids_the_catalog_curates(catalog, hub):
+    # The hub calls Qwen's and Meta's own licences "other"; the catalog knows their ids.
+    hub.add_model("Qwen/Qwen2.5-72B-Instruct", license="other", downloads=9, total_params=1)
+    hub.add_model(
+        "meta-llama/Llama-4-Scout-17B-16E-Instruct", license="other", downloads=8, total_params=1
+    )
+    # Where the card names the licence (license_name), that name is the id.
+    hub.add_model("Qwen/Qwen3-8B", license="other", downloads=7, total_params=8_190_735_360)
+    hub.models["Qwen/Qwen3-8B"]["cardData"]["license_name"] = "Qwen-Research"
+    hub.add_model("Qwen/QwQ-32B", license="apache-2.0", downloads=6, total_params=1)
+    catalog_sync(timeout=2)
+    licences = dict(CatalogModel.objects.values_list("slug", "license"))
+    assert licences["qwen2.5-72b-instruct"] == "qwen"
+    assert licences["llama-4-scout-17b-16e-instruct"] == "llama4"
+    assert licences["qwen3-8b"] == "qwen-research"
+    assert licences["qwq-32b"] == "apache-2.0"
+    # The other facts of those entries were still refreshed.
+    assert CatalogModel.objects.get(slug="qwen2.5-72b-instruct").downloads == 9
+    assert "other" not in licences.values()

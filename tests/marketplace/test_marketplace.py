@@ -2,6 +2,7 @@ import pytest
 from django.urls import reverse
 
 from deployments.models import Deployment, Node
+from marketplace.launch import profile_launch
 from marketplace.models import CatalogModel, ServingProfile
 from tests.conftest import owner_of
 from tests.deployments.conftest import make_pool, make_region
@@ -35,9 +36,18 @@ def test_model_page_compares_profiles_with_fit_and_price(catalog, org_a, web_cli
     client = web_client(owner_of(org_a), org_a)
     page = client.get(reverse("marketplace:model", args=["deepseek-r1"])).content.decode()
     assert "multi-head latent" in page.lower() and "37B active" in page
-    assert "does not fit" in page and "649.5 of 576.0 GiB" in page  # 8×H100 FP8
+    # Per GPU: 8×H100 FP8 needs 88.7 GiB on each GPU, vLLM may use 0.9 × 79.15.
+    assert "does not fit" in page and "88.7 of 71.2 GiB per GPU" in page
+    assert "not offered" in page and "Does not fit: needs 88.7 GiB per GPU" in page
     assert "$31.92/h" in page  # 8 × H200 at $3.99
+    assert "operator&#x27;s own price, from 2020-01-01" in page
     assert "no cited or measured figure" in page
+    # Each profile's exact command and the engine version it is written for.
+    assert (
+        "python3 -m sglang.launch_server --model-path deepseek-ai/DeepSeek-R1 --host "
+        "&lt;replica address&gt; --port 8000 --tp-size 8 --ep-size 8 --context-length 65536"
+    ) in page
+    assert "--api-key &lt;elided&gt;" in page and "SGLang 0.5.3" in page
 
 
 def test_api_lists_and_details_models_per_the_contract(catalog, org_a, api_client_for):
@@ -68,6 +78,22 @@ def test_api_lists_and_details_models_per_the_contract(catalog, org_a, api_clien
         "fits",
     } <= profile.keys()
     assert api.get("/api/v1/models/no-such-model").status_code == 404
+    r1 = {p["name"]: p for p in api.get("/api/v1/models/deepseek-r1").json()["profiles"]}
+    h200 = r1["h200x8-fp8"]
+    assert h200["engine_version"] == "0.5.3" and h200["launch_error"] == ""
+    assert h200["launch"][:5] == [
+        "python3",
+        "-m",
+        "sglang.launch_server",
+        "--model-path",
+        "deepseek-ai/DeepSeek-R1",
+    ]
+    assert h200["launch"][-2:] == ["--api-key", "<elided>"]
+    assert h200["launch_engine_args"][:4] == ["--tp-size", "8", "--ep-size", "8"]
+    assert h200["fits"] and h200["fit_reason"].startswith("Fits: needs 114.4 GiB per GPU")
+    assert h200["price_source"] == "operator's own price, from 2020-01-01"
+    h100 = r1["h100x8-fp8"]
+    assert not h100["fits"] and h100["fit_reason"].startswith("Does not fit: needs 88.7 GiB")
 
 
 @pytest.mark.parametrize("count", [1, 1000])
@@ -129,7 +155,16 @@ def test_deploy_through_the_api_with_model_and_profile(catalog, org_a, api_clien
         1,
     )
     assert d.regions == ["eu-west"]  # the region with room, chosen for the caller
-    assert d.engine_args[-2:] == ["--context-length", "40960"]
+    # Exactly the profile's rendered launch.
+    launch = profile_launch(ServingProfile.objects.get(model__slug="qwen3-8b", name="h100-bf16"))
+    assert (
+        d.engine_args
+        == launch.engine_args
+        == [
+            *["--tp-size", "1", "--context-length", "40960", "--max-running-requests", "8"],
+            *["--mem-fraction-static", "0.9"],
+        ]
+    )
     assert d.source == "catalog:qwen3-8b/h100-bf16" and d.name == "qwen3-8b"
 
 
@@ -138,7 +173,7 @@ def test_deploy_through_the_api_with_model_and_profile(catalog, org_a, api_clien
     [
         ({"model": "gpt-5"}, "model", "No model 'gpt-5' in the catalog."),
         ({"model": "qwen3-8b", "profile": "tpu"}, "profile", "has no profile 'tpu'"),
-        ({"model": "deepseek-r1", "profile": "h100x8-fp8"}, "profile", "Does not fit"),
+        ({"model": "deepseek-r1", "profile": "h100x8-fp8"}, "profile", "h100x8-fp8: Does not fit"),
         (
             {"model": "qwen3-8b", "profile": "l40s-bf16", "regions": ["eu-west"]},
             "regions",
