@@ -52,6 +52,15 @@ def model_not_found(name: str) -> JSONResponse:
     )
 
 
+def wrong_deployment(name: str) -> JSONResponse:
+    return error(
+        403,
+        f"This playground token is not for `{name}`; mint one on that deployment's page.",
+        "permission_error",
+        "wrong_deployment",
+    )
+
+
 def model_waking(name: str) -> JSONResponse:
     return error(
         503,
