@@ -93,7 +93,7 @@ async def proxy(request: Request, path: str) -> Response:
         caller.key_id, caller.requests_per_minute, caller.tokens_per_minute
     )
     if wait is not None:
-        return errors.rate_limited(wait)
+        return errors.rate_limited(wait, playground=caller.deployment_id is not None)
     name = body["model"]
     route = (await gw.router.table(caller.organization_id)).get(name)
     if route is None:

@@ -44,7 +44,7 @@ def ask(scope, prompt: str) -> None:
     scope.get_by_label("Temperature").fill("0")
     scope.get_by_label("Seed").fill("7")
     scope.get_by_label("Max tokens").fill("16")
-    scope.get_by_label("Completion").check()
+    scope.get_by_role("radio", name="Completion").check()
     scope.get_by_label("Message").fill(prompt)
     scope.get_by_test_id("send").click()
 
@@ -145,3 +145,26 @@ def test_a_sleeping_deployment_says_it_is_waking_and_then_answers(
     # starts the replica while the page waits.
     reconcile_until(running, lambda d: d.status == "running", what="awake")
     expect(playground.get_by_test_id("stats")).to_have_text(STATS, timeout=90_000)
+
+
+def test_a_chat_turn_and_a_refusal_in_the_gateways_words(
+    page, portal_gateway, running, org_a, live_server, settings
+):
+    settings.PLAYGROUND_REQUESTS_PER_MINUTE = 1
+    page.context.add_cookies([_session_cookie(owner_of(org_a), org_a, live_server.url)])
+    page.goto(f"/deployments/{running.pk}/")
+    playground = page.locator("#playground")
+    playground.get_by_label("System prompt").fill("Answer in one word.")
+    playground.get_by_role("radio", name="Chat").check()
+    playground.get_by_label("Max tokens").fill("8")
+    playground.get_by_label("Message").fill("Hello there")
+    playground.get_by_test_id("send").click()
+    expect(playground.get_by_test_id("stats")).to_contain_text("completion tokens", timeout=90_000)
+    expect(playground.get_by_test_id("user-text")).to_have_text("Hello there")
+
+    # One request a minute: the second is refused, and the page says what the gateway said.
+    playground.get_by_label("Message").fill("And again")
+    playground.get_by_test_id("send").click()
+    expect(playground.get_by_test_id("playground-error")).to_have_text(
+        re.compile(r"Rate limit reached for your playground requests; retry in \d+ s\.")
+    )

@@ -3,6 +3,7 @@ deployment, accepted by the gateway only for that deployment, for minutes, never
 management API — and a playground call is metered like any other."""
 
 import json
+import re
 import time
 import types
 from datetime import timedelta
@@ -173,7 +174,10 @@ def test_playground_requests_are_rate_limited_per_member(
     answers = [httpx.post(url, json=CHAT, headers=bearer(token)) for _ in range(3)]
     assert [a.status_code for a in answers[:2]] == [503, 503]
     assert answers[2].status_code == 429
-    assert answers[2].json()["error"]["message"] == "Rate limit reached for this API key."
+    message = answers[2].json()["error"]["message"]
+    assert re.fullmatch(
+        r"Rate limit reached for your playground requests; retry in \d+ s\.", message
+    )
 
 
 def test_cors_lets_the_portal_origin_call_the_gateway_and_no_other(
