@@ -25,9 +25,7 @@ def deployment(org, name, status="running", **extra) -> Deployment:
     )
 
 
-def test_a_running_or_sleeping_deployment_has_a_playground_and_a_stopped_one_not(
-    org_a, web_client
-):
+def test_a_running_or_sleeping_deployment_has_a_playground_and_a_stopped_one_not(org_a, web_client):
     client = web_client(owner_of(org_a), org_a)
     running = deployment(org_a, "awake")
     asleep = deployment(org_a, "dozing", status="stopped", asleep=True, desired_replicas=0)
@@ -52,9 +50,7 @@ def test_a_billing_member_sees_no_playground(org_a, make_user, add_member, web_c
     assert client.get("/playground/compare/").status_code == 403
 
 
-def test_the_model_page_links_the_organizations_deployments_of_that_model(
-    org_a, org_b, web_client
-):
+def test_the_model_page_links_the_organizations_deployments_of_that_model(org_a, org_b, web_client):
     catalog_load()
     mine = deployment(org_a, "qwen-a", source="catalog:qwen3-8b/h100-bf16")
     deployment(org_a, "qwen-b", source="catalog:qwen3-8b/l4-awq")
