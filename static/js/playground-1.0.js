@@ -159,14 +159,14 @@
         body.prompt = ask.prompt;
       }
       const started = performance.now();
+      const headers = {"Authorization": `Bearer ${grant.token}`, "Content-Type": "application/json"};
+      if (grant.waking) {
+        // Wait for it instead of taking a 503: up to a few times its usual start-up.
+        headers["X-Scale-Up-Timeout"] = String(Math.min(600, Math.max(60, grant.wake_estimate_s * 4)));
+      }
       const response = await fetch(`${grant.base_url}/${chat ? "chat/completions" : "completions"}`, {
         method: "POST",
-        headers: {
-          "Authorization": `Bearer ${grant.token}`,
-          "Content-Type": "application/json",
-          // Wait for a sleeping deployment instead of a 503: a few times its usual start.
-          "X-Scale-Up-Timeout": String(Math.min(600, Math.max(60, grant.wake_estimate_s * 4))),
-        },
+        headers: headers,
         body: JSON.stringify(body),
       });
       stopWaiting();

@@ -10,6 +10,7 @@ from datetime import timedelta
 
 import httpx2 as httpx
 import pytest
+from django.core import signing
 from django.utils import timezone
 
 from billing.models import TokenRate, UsageRecord
@@ -268,3 +269,20 @@ def test_the_cost_endpoint_checks_its_numbers(org_a, web_client):
     for query in ("input_tokens=-1&output_tokens=1", "input_tokens=1", "input_tokens=1e3"):
         response = page.get(f"/deployments/{d.pk}/playground/cost/?{query}")
         assert response.status_code == 400
+
+
+def test_only_tokens_signed_by_this_portal_for_playground_use_are_read(settings):
+    good = {"d": 1, "o": 1, "u": 1, "e": int(time.time()) + 60}
+    key = settings.API_KEY_HMAC_SECRET
+    assert playground.playground_token_read(
+        "gp_" + signing.dumps(good, key=key, salt=playground.SALT)
+    ) == playground.Grant(1, 1, 1, good["e"])
+    for forged in (
+        signing.dumps(good, key="another secret", salt=playground.SALT),
+        signing.dumps(good, key=key, salt="another use"),
+        signing.dumps({**good, "d": True}, key=key, salt=playground.SALT),
+        signing.dumps({**good, "o": "1"}, key=key, salt=playground.SALT),
+        signing.dumps([1, 1, 1, good["e"]], key=key, salt=playground.SALT),
+        "a" * 600,
+    ):
+        assert playground.playground_token_read("gp_" + forged) is None
