@@ -286,3 +286,22 @@ def test_only_tokens_signed_by_this_portal_for_playground_use_are_read(settings)
         "a" * 600,
     ):
         assert playground.playground_token_read("gp_" + forged) is None
+
+
+def test_an_engine_that_reports_usage_in_streams_keeps_its_own_single_usage_event(
+    gateway, upstream_route, org_a, api_client_for
+):
+    token = mint(api_client_for(org_a), upstream_route).json()["token"]
+    body = {
+        "model": "streamer",
+        "messages": [{"role": "user", "content": "three words here"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    with httpx.stream(
+        "POST", f"{gateway.base_url}/chat/completions", json=body, headers=bearer(token)
+    ) as response:
+        lines = [line for line in response.iter_lines() if line.startswith("data:")]
+    assert lines[-1] == "data: [DONE]" and lines.count("data: [DONE]") == 1
+    usages = [json.loads(line[5:])["usage"] for line in lines[:-1] if '"usage"' in line]
+    assert usages == [{"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}]
