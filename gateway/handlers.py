@@ -1,8 +1,9 @@
 """The gateway's endpoints. Each reads the app's `Gateway` from `request.app.state`.
 
 A proxied request goes: key (or playground token) → body (bounded, fields checked) → spend
-limit → rate limit → route (a playground token's own deployment only) → replicas (waking a deployment scaled to zero) → the first replica that answers →
-bookkeeping when the answer is complete, or broken off. Refusals happen before anything is
+limit → rate limit → route (a playground token's own deployment only) → replicas (waking a
+deployment scaled to zero) → the first replica that answers → bookkeeping when the answer
+is complete, or broken off. Refusals happen before anything is
 sent to an engine, so a refused request costs nothing and is never metered.
 """
 
