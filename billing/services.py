@@ -31,6 +31,7 @@ from billing.selectors import (
 )
 from billing.selectors import month_start as month_start  # re-exported for older callers
 from billing.selectors import next_month as next_month  # re-exported for older callers
+from billing.usage import _dollars
 from billing.usage import usage_by_day as usage_by_day  # re-exported: the usage page calls it
 from billing.usage import usage_lines as usage_lines  # re-exported: the usage page calls it
 from portal.models import Organization
@@ -153,6 +154,27 @@ def token_rates_cents(model: str, at: datetime) -> tuple[int, int]:
     return 0, 0
 
 
+def token_amount_micros(quantity: int, cents_per_million: int) -> int:
+    """What `quantity` tokens cost at a rate per million, in micro-dollars: the one rounding
+    the ledger and every price shown before metering use."""
+    return round(quantity * cents_per_million * MICROS_PER_CENT / 1_000_000)
+
+
+def token_cost_micros(
+    *, model: str, input_tokens: int, output_tokens: int, at: datetime | None = None
+) -> int:
+    """What one request of `model` with these counts costs at the rates in force at `at`
+    (now by default), as the ledger would price it."""
+    rate_in, rate_out = token_rates_cents(model, at or timezone.now())
+    return token_amount_micros(input_tokens, rate_in) + token_amount_micros(output_tokens, rate_out)
+
+
+def token_cost(*, model: str, input_tokens: int, output_tokens: int) -> dict:
+    """One answer's price now, for display: micro-dollars and the exact dollar string."""
+    micros = token_cost_micros(model=model, input_tokens=input_tokens, output_tokens=output_tokens)
+    return {"micros": micros, "amount": _dollars(micros)}
+
+
 # --- Metering -------------------------------------------------------------------------
 
 
@@ -267,7 +289,7 @@ def meter_tokens_many(items: list[dict]) -> None:
                         organization_id=item["organization_id"],
                         kind=kind,
                         quantity=qty,
-                        amount_micros=round(qty * rate * MICROS_PER_CENT / 1_000_000),
+                        amount_micros=token_amount_micros(qty, rate),
                         window_start=at,
                         window_end=at,
                         deployment_id=item["deployment_id"],

@@ -10,6 +10,7 @@ from deployments import flags, selectors, services
 from deployments.access import access_deployment, access_replica
 from deployments.models import Deployment, DeploymentEvent, GpuType, Replica
 from deployments.placement import capacity_by_region_and_type
+from deployments.playground import playground_token_mint
 from deployments.sources import source_deploy, source_list
 from portal.access import require
 from portal.converters import ID_PATTERN
@@ -225,6 +226,40 @@ class ScaleIn(serializers.Serializer):
     replicas = serializers.IntegerField()
 
 
+class WholeNumberField(serializers.IntegerField):
+    """A JSON number only: "600" (a string), 600.5 or true are refused, never coerced."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class PlaygroundTokenIn(serializers.Serializer):
+    ttl_s = WholeNumberField(
+        required=False, help_text="seconds it lives (default and most: PLAYGROUND_TOKEN_TTL_S)"
+    )
+
+    def validate(self, attrs):
+        unknown = sorted(set(self.initial_data or {}) - set(self.fields))
+        if unknown:
+            raise serializers.ValidationError(
+                {f: [f"Unknown field; allowed: {', '.join(self.fields)}."] for f in unknown}
+            )
+        return attrs
+
+
+class PlaygroundTokenOut(serializers.Serializer):
+    token = serializers.CharField(help_text="gp_…: send as `Authorization: Bearer` to the gateway")
+    expires_at = serializers.IntegerField(help_text="Unix time")
+    ttl_s = serializers.IntegerField()
+    deployment = serializers.IntegerField()
+    model = serializers.CharField()
+    base_url = serializers.CharField()
+    waking = serializers.BooleanField()
+    wake_estimate_s = serializers.IntegerField()
+
+
 # --- Views ----------------------------------------------------------------------------
 
 
@@ -366,6 +401,20 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         require(request.membership, "deployments.manage")
         deployment = services.deployment_start(deployment=deployment)
         return Response(DeploymentOut(deployment).data)
+
+    @extend_schema(request=PlaygroundTokenIn, responses={201: PlaygroundTokenOut})
+    @action(detail=True, methods=["post"], url_path="playground-token")
+    def playground_token(self, request, pk=None):
+        """A short-lived token for this deployment only, for the member's own calls to the
+        gateway (the playground's credential; never a management key)."""
+        deployment = access_deployment(request.org, pk)
+        require(request.membership, "playground.use")
+        data = PlaygroundTokenIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        minted = playground_token_mint(
+            deployment=deployment, user=request.user, ttl_s=data.validated_data.get("ttl_s")
+        )
+        return Response(PlaygroundTokenOut(minted).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(responses=EventOut(many=True))
     @action(detail=True, methods=["get"])

@@ -182,3 +182,27 @@ def traffic_summary(*, deployment: Deployment, minutes: int = 60) -> dict:
         "p95_ms": quantile(0.95),
         "series": [[int(r.minute.timestamp()), r.requests] for r in rows],
     }
+
+
+PLAYABLE = {
+    DeploymentStatus.PENDING,
+    DeploymentStatus.PLACING,
+    DeploymentStatus.STARTING,
+    DeploymentStatus.RUNNING,
+    DeploymentStatus.DEGRADED,
+}
+
+
+def playable(deployment: Deployment) -> bool:
+    """Whether the playground is offered: the deployment serves, is coming up, or sleeps
+    (the first request wakes it). A stopped or failed one has nothing to talk to."""
+    return deployment.status in PLAYABLE or deployment.asleep
+
+
+def playground_deployments(*, org: Organization, source_prefix: str = "") -> list[Deployment]:
+    """The organization's deployments the playground can talk to (those from one catalog
+    model when `source_prefix` is e.g. "catalog:qwen3-8b/")."""
+    rows = Deployment.objects.filter(organization=org).exclude(status=DeploymentStatus.DELETED)
+    if source_prefix:
+        rows = rows.filter(source__startswith=source_prefix)
+    return [d for d in rows.order_by("name") if playable(d)]

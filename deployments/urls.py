@@ -17,6 +17,13 @@ urlpatterns = [
         views.replica_logs,
         name="replica_logs",
     ),
+    path(
+        "deployments/<id:pk>/playground/token/",
+        views.playground_token,
+        name="playground_token",
+    ),
+    path("deployments/<id:pk>/playground/cost/", views.playground_cost, name="playground_cost"),
+    path("playground/compare/", views.playground_compare, name="playground_compare"),
     path("capacity/", views.capacity, name="capacity"),
     path("billing/", views.usage_page, name="usage"),
 ]

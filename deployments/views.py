@@ -1,9 +1,10 @@
 from datetime import timedelta
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
@@ -16,6 +17,7 @@ from deployments.access import access_deployment, access_replica
 from deployments.flags import flag_tables
 from deployments.forms import DeploymentForm, ScaleForm
 from deployments.placement import capacity_by_region_and_type
+from deployments.playground import playground_token_mint
 from portal.access import require
 from portal.forms import apply_errors
 from portal.roles import can
@@ -85,6 +87,10 @@ def _detail_context(request: HttpRequest, deployment) -> dict:
         "may_manage": can(request.membership.role, "deployments.manage"),
         "scale_form": ScaleForm(initial={"replicas": deployment.desired_replicas}),
         "traffic": selectors.traffic_summary(deployment=deployment),
+        "playground": selectors.playable(deployment)
+        and can(request.membership.role, "playground.use"),
+        "gateway_base": f"{settings.GATEWAY_URL}/v1",
+        "max_tokens_limit": settings.GATEWAY_MAX_TOKENS,
     }
 
 
@@ -219,5 +225,58 @@ def usage_page(request: HttpRequest) -> HttpResponse:
             "chart": chart,
             "invoices": Invoice.objects.filter(organization=request.org) if may_bill else None,
             "account": billing.account_for(request.org),
+        },
+    )
+
+
+@org_required
+@require_POST
+def playground_token(request: HttpRequest, pk: int) -> HttpResponse:
+    """The page's door to a playground token (JSON: the page's script reads it)."""
+    deployment = access_deployment(request.org, pk)
+    require(request.membership, "playground.use")
+    try:
+        minted = playground_token_mint(deployment=deployment, user=request.user)
+    except ValidationError as exc:
+        return JsonResponse(exc.message_dict, status=400)
+    return JsonResponse(minted)
+
+
+@org_required
+def playground_cost(request: HttpRequest, pk: int) -> HttpResponse:
+    """What an answer with these token counts costs at the organization's rates."""
+    deployment = access_deployment(request.org, pk)
+    require(request.membership, "playground.use")
+    counts = {}
+    for field in ("input_tokens", "output_tokens"):
+        value = request.GET.get(field, "")
+        if not value.isdigit() or int(value) > 10_000_000:
+            return JsonResponse({field: ["Give a whole number from 0 to 10000000."]}, status=400)
+        counts[field] = int(value)
+    price = billing.token_cost(model=deployment.name, **counts)
+    return JsonResponse({"micros": price["micros"], "cost": f"${price['amount']}"})
+
+
+@org_required
+def playground_compare(request: HttpRequest) -> HttpResponse:
+    """Side by side: the same prompt to two of the organization's deployments at once."""
+    require(request.membership, "playground.use")
+    choices = selectors.playground_deployments(org=request.org)
+    panes = []
+    for field in ("a", "b"):
+        value = request.GET.get(field, "")
+        if value:
+            if not value.isdigit():
+                raise Http404
+            panes.append(access_deployment(request.org, value))
+    return render(
+        request,
+        "deployments/playground_compare.html",
+        {
+            "choices": choices,
+            "panes": panes,
+            "a": request.GET.get("a", ""),
+            "b": request.GET.get("b", ""),
+            "max_tokens_limit": settings.GATEWAY_MAX_TOKENS,
         },
     )

@@ -11,7 +11,10 @@ import contextlib
 import logging
 import time
 
+from django.conf import settings
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route as Path
 
 from gateway import handlers
@@ -71,10 +74,11 @@ class Gateway:
         body: dict,
         streamed_tokens: int | None = None,
         answer: dict | None = None,
-    ) -> None:
+    ) -> tuple[int, int]:
         """Account for a finished (or aborted) answer: the engine's usage when it reported
         a sane one, else the tokens counted (`counting`). An answer the engine refused
-        (not 200) and reported nothing for generated nothing to bill."""
+        (not 200) and reported nothing for generated nothing to bill. Returns the
+        (prompt, completion) tokens metered."""
         counts, source = usage_counts(usage), ENGINE
         if counts is None:
             counts, source = (0, 0), COUNTED
@@ -102,6 +106,7 @@ class Gateway:
             log.warning(
                 "could not count tokens against the key's limit (%s: %s)", type(exc).__name__, exc
             )
+        return prompt, completion
 
     @contextlib.asynccontextmanager
     async def running(self):
@@ -118,6 +123,26 @@ class Gateway:
             await asyncio.gather(reporter, return_exceptions=True)
             await self.meter.stop()
             await self.relay.close()
+
+
+def cors() -> list[Middleware]:
+    """Browsers on GATEWAY_CORS_ORIGINS (the portal, whose playground calls the gateway)
+    may send the API's requests with a bearer token; no cookies are involved, so none are
+    allowed. Preflights are answered here, before any key is looked at."""
+    origins = [o.rstrip("/") for o in getattr(settings, "GATEWAY_CORS_ORIGINS", []) if o]
+    if not origins:
+        return []
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type", "x-scale-up-timeout"],
+            expose_headers=["x-gantry-region", "retry-after"],
+            allow_credentials=False,
+            max_age=600,
+        )
+    ]
 
 
 def create_app() -> Starlette:
@@ -137,6 +162,7 @@ def create_app() -> Starlette:
             Path("/healthz", handlers.health, methods=["GET"]),
         ],
         lifespan=lifespan,
+        middleware=cors(),
     )
     app.state.gateway = gateway
     return app

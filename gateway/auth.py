@@ -1,7 +1,8 @@
-"""Who is calling: the bearer API key, checked against its HMAC digest, and whether the
-caller's organization may spend now. Both answers are cached for a few seconds, misses
-included (unknown keys for longer), so neither a busy key nor a wrong one costs a
-database read per request.
+"""Who is calling: the bearer API key, checked against its HMAC digest — or a playground
+token (`gp_…`, see deployments.playground), checked by its signature and expiry, then its
+member's standing — and whether the caller's organization may spend now. The answers are
+cached for a few seconds, misses included (unknown keys for longer), so neither a busy key
+nor a wrong one costs a database read per request.
 
 The raw key is only ever a cache key in memory; it is never logged or sent on.
 """
@@ -12,9 +13,11 @@ from dataclasses import dataclass
 from django.conf import settings
 from starlette.requests import Request
 
+from deployments.playground import Grant, looks_like_playground_token, playground_token_read
 from gateway.cache import Cache, KeyCache
 from gateway.db import db
-from portal.models import ApiKey
+from portal.models import ApiKey, Membership
+from portal.roles import can
 from portal.tokens import api_key_digest, looks_like_api_key
 
 KEY_TTL_S = 10.0
@@ -29,6 +32,30 @@ class Caller:
     organization_id: int
     requests_per_minute: int | None
     tokens_per_minute: int | None
+    # A playground token's one deployment; None for API keys (any of the organization's).
+    deployment_id: int | None = None
+
+
+def grant_lookup(grant: Grant) -> Caller | None:
+    """The caller a playground grant stands for while its member is still active in the
+    organization and allowed the playground, or None."""
+    role = (
+        Membership.objects.filter(
+            organization_id=grant.organization_id, user_id=grant.user_id, user__is_active=True
+        )
+        .values_list("role", flat=True)
+        .first()
+    )
+    if not can(role, "playground.use"):
+        return None
+    return Caller(
+        # One rate-limit window per member, across the deployments they try.
+        f"gp:{grant.organization_id}:{grant.user_id}",
+        grant.organization_id,
+        int(settings.PLAYGROUND_REQUESTS_PER_MINUTE),
+        None,
+        grant.deployment_id,
+    )
 
 
 def key_lookup(raw: str) -> Caller | None:
@@ -85,6 +112,8 @@ class Auth:
 
     async def caller(self, request: Request) -> Caller | None:
         raw = bearer(request)
+        if looks_like_playground_token(raw):
+            return await self.playground_caller(raw)
         hit, value = self.keys.get(raw)
         if hit:
             return value
@@ -118,3 +147,19 @@ class Auth:
                 blocked = await db(spend_blocked)(organization_id)
             self.spend.put(organization_id, blocked)
         return blocked
+
+    async def playground_caller(self, raw: str) -> Caller | None:
+        """The signature and expiry are checked on every request (no database, and an
+        expired token is refused the second it expires); the member's standing is read
+        at most every few seconds per member."""
+        grant = playground_token_read(raw)
+        if grant is None:
+            return None
+        cache_key = ("gp", grant.organization_id, grant.user_id, grant.deployment_id)
+        hit, value = self.keys.get(cache_key)
+        if not hit:
+            async with self.db_slots:
+                self.db_reads += 1
+                value = await db(grant_lookup)(grant)
+            self.keys.put(cache_key, value)
+        return value

@@ -33,10 +33,11 @@ def spend_limit(reason: str) -> JSONResponse:
     return error(429, reason, "insufficient_quota", "spend_limit", headers={"Retry-After": "3600"})
 
 
-def rate_limited(retry_after_s: int) -> JSONResponse:
+def rate_limited(retry_after_s: int, *, playground: bool = False) -> JSONResponse:
+    who = "your playground requests" if playground else "this API key"
     return error(
         429,
-        "Rate limit reached for this API key.",
+        f"Rate limit reached for {who}; retry in {retry_after_s} s.",
         "rate_limit_exceeded",
         "rate_limit_exceeded",
         headers={"Retry-After": str(retry_after_s)},
@@ -49,6 +50,15 @@ def model_not_found(name: str) -> JSONResponse:
         f"The model `{name}` does not exist.",
         "invalid_request_error",
         "model_not_found",
+    )
+
+
+def wrong_deployment(name: str) -> JSONResponse:
+    return error(
+        403,
+        f"This playground token is not for `{name}`; mint one on that deployment's page.",
+        "permission_error",
+        "wrong_deployment",
     )
 
 

@@ -1,8 +1,9 @@
 """The gateway's endpoints. Each reads the app's `Gateway` from `request.app.state`.
 
-A proxied request goes: key → body (bounded, fields checked) → spend limit → rate limit →
-route → replicas (waking a deployment scaled to zero) → the first replica that answers →
-bookkeeping when the answer is complete, or broken off. Refusals happen before anything is
+A proxied request goes: key (or playground token) → body (bounded, fields checked) → spend
+limit → rate limit → route (a playground token's own deployment only) → replicas (waking a
+deployment scaled to zero) → the first replica that answers → bookkeeping when the answer
+is complete, or broken off. Refusals happen before anything is
 sent to an engine, so a refused request costs nothing and is never metered.
 """
 
@@ -46,6 +47,8 @@ async def models(request: Request) -> Response:
     if caller is None:
         return errors.invalid_key()
     table = await gw.router.table(caller.organization_id)
+    if caller.deployment_id is not None:  # a playground token sees its one deployment
+        table = {n: r for n, r in table.items() if r.deployment_id == caller.deployment_id}
     return JSONResponse(
         {
             "object": "list",
@@ -91,16 +94,21 @@ async def proxy(request: Request, path: str) -> Response:
         caller.key_id, caller.requests_per_minute, caller.tokens_per_minute
     )
     if wait is not None:
-        return errors.rate_limited(wait)
+        return errors.rate_limited(wait, playground=caller.deployment_id is not None)
     name = body["model"]
     route = (await gw.router.table(caller.organization_id)).get(name)
     if route is None:
         return errors.model_not_found(name)
+    if caller.deployment_id is not None and route.deployment_id != caller.deployment_id:
+        return errors.wrong_deployment(name)
     found = await targets_or_wait(request, caller, route)
     if isinstance(found, Response):
         return found
     route, targets = found
     stream = body.get("stream") is True
+    # Whether the client asked for a usage event: if the engine sends none, the gateway
+    # adds one with the counts it meters (see `Relay.stream`).
+    wants_usage = stream and (body.get("stream_options") or {}).get("include_usage") is True
     if stream:
         # Ask the engine for a final usage event; engines that ignore this (llama.cpp's
         # server) send none, and the gateway counts instead.
@@ -123,7 +131,9 @@ async def proxy(request: Request, path: str) -> Response:
         if stream:
             return EventStream(
                 gw.relay.stream(
-                    upstream, stream_done(gw, caller, route, target, status, started, body)
+                    upstream,
+                    stream_done(gw, caller, route, target, status, started, body),
+                    usage_for=(route.name, path) if wants_usage and status == 200 else None,
                 ),
                 status_code=status,
                 headers=headers,
@@ -173,9 +183,9 @@ def stream_done(
     """What the relay calls once a stream has been read to its end (or broke off), with
     the engine's usage if it sent any and the tokens it streamed."""
 
-    async def done(usage: dict | None, tokens: int) -> None:
+    async def done(usage: dict | None, tokens: int) -> tuple[int, int]:
         gw.end(route, target)
-        await gw.settle(
+        return await gw.settle(
             caller,
             route,
             target,

@@ -11,7 +11,10 @@ unbounded memory.
 """
 
 import asyncio
+import json
 import logging
+import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -31,6 +34,24 @@ UNREACHABLE = (TimeoutError, aiohttp.ClientConnectorError, aiohttp.ServerDisconn
 
 class AnswerTooLarge(Exception):
     pass
+
+
+def usage_event(model: str, path: str, counts: tuple[int, int]) -> bytes:
+    """The closing usage event of a stream, as OpenAI's API sends it: no choices."""
+    prompt, completion = counts
+    event = {
+        "id": f"usage-{uuid.uuid4().hex[:12]}",
+        "object": "chat.completion.chunk" if "chat" in path else "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        },
+    }
+    return b"data: " + json.dumps(event).encode() + b"\n\n"
 
 
 def max_answer_bytes() -> int:
@@ -114,19 +135,26 @@ class Relay:
     def stream(
         self,
         upstream: aiohttp.ClientResponse,
-        done: Callable[[dict | None, int], Awaitable[None]],
+        done: Callable[[dict | None, int], Awaitable[tuple[int, int] | None]],
+        usage_for: tuple[str, str] | None = None,
     ) -> AsyncIterator[bytes]:
         """The engine's answer, chunk by chunk as it comes. The engine is read by a task of
         its own, to the end, whatever the client does: if the client walks away half-way,
         the rest is still read — the engine's final usage event, or the tokens counted —
         and `done(usage, tokens)` still runs. That is what makes an aborted stream
         metered. The task starts now, not when the client starts reading, so it runs even
-        if the client is gone before the first byte."""
+        if the client is gone before the first byte.
+
+        With `usage_for` (the model's name and the path: the client asked for
+        `stream_options.include_usage`) the stream is passed on line by line, the engine's
+        closing `data: [DONE]` is held back, and when the engine sent no usage event (as
+        llama.cpp never does) one is added before it with the counts `done` metered, in
+        the shape OpenAI's API sends."""
         queue: asyncio.Queue = asyncio.Queue()
         limit = max_answer_bytes()
 
         async def pump() -> None:
-            buffer, usage, tokens = b"", None, 0
+            buffer, usage, tokens, finished = b"", None, 0, False
             try:
                 async for chunk in upstream.content.iter_any():
                     buffer += chunk
@@ -137,11 +165,27 @@ class Relay:
                     for line in lines:
                         found, n = read_event(line)
                         usage, tokens = found or usage, tokens + n
-                    queue.put_nowait(chunk)
+                    if usage_for is None:
+                        queue.put_nowait(chunk)
+                        continue
+                    kept = [line for line in lines if not line.startswith(b"data: [DONE]")]
+                    finished = finished or len(kept) < len(lines)
+                    if kept:
+                        queue.put_nowait(b"\n".join(kept) + b"\n")
             finally:
-                queue.put_nowait(None)
                 upstream.release()
-                await done(usage, tokens)
+                if usage_for is None:
+                    queue.put_nowait(None)
+                    await done(usage, tokens)
+                else:
+                    try:
+                        counts = await done(usage, tokens)
+                        if finished and usage is None and counts is not None:
+                            queue.put_nowait(usage_event(*usage_for, counts))
+                    finally:
+                        if finished:
+                            queue.put_nowait(b"data: [DONE]\n\n")
+                        queue.put_nowait(None)
 
         task = asyncio.get_running_loop().create_task(pump())
         self.pumps.add(task)

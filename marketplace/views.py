@@ -9,6 +9,7 @@ from django.views.decorators.http import require_http_methods
 
 from billing.selectors import gpu_hour_prices, gpu_hour_provenance
 from deployments.models import Region
+from deployments.selectors import playground_deployments
 from marketplace import selectors, services
 from marketplace.access import access_catalog_model
 from marketplace.fit import format_price, gpu_memory_source, price_per_hour_cents, profile_fit
@@ -69,6 +70,12 @@ def model_detail(request: HttpRequest, slug: str) -> HttpResponse:
             "model": model,
             "rows": _profile_rows(model),
             "may_deploy": can(request.membership.role, "deployments.manage"),
+            # The organization's deployments of this model, each with its playground.
+            "deployments": playground_deployments(
+                org=request.org, source_prefix=f"catalog:{model.slug}/"
+            )
+            if can(request.membership.role, "playground.use")
+            else [],
         },
     )
 

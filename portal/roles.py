@@ -8,6 +8,7 @@ _MEMBER = {
     "keys.create",
     "deployments.view",
     "deployments.manage",
+    "playground.use",
     "builds.view",
     "builds.manage",
     "usage.view",

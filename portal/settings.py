@@ -376,3 +376,11 @@ GATEWAY_MAX_TOKENS = env.int("GATEWAY_MAX_TOKENS", default=1_000_000)
 GATEWAY_KEY_CACHE_SIZE = env.int("GATEWAY_KEY_CACHE_SIZE", default=10_000)
 GATEWAY_KEY_NEGATIVE_TTL_S = env.float("GATEWAY_KEY_NEGATIVE_TTL_S", default=60.0)
 GATEWAY_DB_CONCURRENCY = env.int("GATEWAY_DB_CONCURRENCY", default=4)
+# Browser origins that may call the gateway (the playground runs in the portal's pages).
+GATEWAY_CORS_ORIGINS = env.list("GATEWAY_CORS_ORIGINS", default=[SITE_URL])
+
+# --- Playground -----------------------------------------------------------------------
+# Lifetime of the deployment-scoped `gp_…` tokens the portal mints for the playground.
+PLAYGROUND_TOKEN_TTL_S = env.int("PLAYGROUND_TOKEN_TTL_S", default=600)
+# Requests per minute the gateway lets one member send through playground tokens.
+PLAYGROUND_REQUESTS_PER_MINUTE = env.int("PLAYGROUND_REQUESTS_PER_MINUTE", default=30)

@@ -5,6 +5,7 @@ import pytest
 
 from tests.conftest import need
 from tests.deployments.conftest import _isolated_var, replica_var  # noqa: F401 - shared
+from tests.gateway.conftest import gateway, local_pool, running  # noqa: F401 - shared
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 
