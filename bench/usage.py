@@ -59,7 +59,7 @@ def fill(now):
             """
             INSERT INTO billing_usagerecord (organization_id, kind, quantity, amount_micros,
                 window_start, window_end, deployment_id, deployment_name, region, gpu_type,
-                model, idempotency_key, created_at)
+                model, token_source, idempotency_key, created_at)
             SELECT CASE WHEN i %% 2 = 0 THEN %(first)s
                         ELSE (%(ids)s::bigint[])[1 + (i / 2) %% %(n)s] END,
                    (ARRAY['gpu_seconds', 'input_tokens', 'output_tokens'])[1 + i %% 3],
@@ -67,7 +67,7 @@ def fill(now):
                    %(now)s - ((i::bigint * 7919) %% %(minutes)s) * interval '1 minute',
                    %(now)s - ((i::bigint * 7919) %% %(minutes)s - 1) * interval '1 minute',
                    i %% 20, 'dep-' || (i %% 20), 'eu-west', 'h100-80gb', 'chat',
-                   'bench:' || i, %(now)s
+                   CASE WHEN i %% 3 = 0 THEN '' ELSE 'engine' END, 'bench:' || i, %(now)s
             FROM generate_series(0, %(rows)s - 1) AS i
             """,
             {
@@ -90,7 +90,7 @@ def fill(now):
             FROM billing_usagerecord GROUP BY 1, 2, 3, 4
             """
         )
-        cursor.execute("ANALYZE billing_usagerecord")
+        cursor.execute("VACUUM ANALYZE billing_usagerecord")  # as autovacuum would
         cursor.execute("ANALYZE billing_usageday")
     return orgs[0]
 
