@@ -8,8 +8,9 @@ from rest_framework.response import Response
 from billing.selectors import gpu_hour_prices
 from deployments import flags, selectors, services
 from deployments.access import access_deployment, access_replica
-from deployments.models import Deployment, DeploymentEvent, GpuType, Replica
+from deployments.models import Deployment, DeploymentEvent, GpuType, Replica, WeightsFetch
 from deployments.placement import capacity_by_region_and_type
+from deployments.services.weights import deployment_weights_retry, weights_progress_text
 from deployments.sources import source_deploy, source_list
 from portal.access import require
 from portal.converters import ID_PATTERN
@@ -87,10 +88,38 @@ class ReplicaOut(serializers.ModelSerializer):
         return (r.url or None) if staff else None
 
 
+class WeightsOut(serializers.ModelSerializer):
+    region = serializers.CharField(source="region.code")
+    file = serializers.CharField(source="filename")
+    percent = serializers.IntegerField()
+    progress = serializers.SerializerMethodField()
+
+    class Meta:
+        model = WeightsFetch
+        fields = [
+            "region",
+            "repo",
+            "revision",
+            "commit",
+            "file",
+            "status",
+            "bytes_done",
+            "bytes_total",
+            "percent",
+            "progress",
+            "error",
+        ]
+
+    def get_progress(self, w) -> str:
+        return weights_progress_text(w)
+
+
 class DeploymentOut(serializers.ModelSerializer):
     gpu_type = serializers.CharField(source="gpu_type.code")
     endpoint = serializers.SerializerMethodField()
     replicas = serializers.SerializerMethodField()
+    # The hub weights it loads from the weights cache (null when none are fetched).
+    weights = WeightsOut(allow_null=True, read_only=True)
 
     class Meta:
         model = Deployment
@@ -113,6 +142,7 @@ class DeploymentOut(serializers.ModelSerializer):
             "autoscale_target",
             "scale_to_zero_after_s",
             "replicas",
+            "weights",
             "created_at",
             "updated_at",
         ]
@@ -366,6 +396,15 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         require(request.membership, "deployments.manage")
         deployment = services.deployment_start(deployment=deployment)
         return Response(DeploymentOut(deployment).data)
+
+    @extend_schema(request=None, responses=DeploymentOut)
+    @action(detail=True, methods=["post"], url_path="weights/retry")
+    def weights_retry(self, request, pk=None):
+        """Fetch the deployment's weights again after the fetch failed."""
+        deployment = access_deployment(request.org, pk)
+        require(request.membership, "deployments.manage")
+        deployment_weights_retry(deployment=deployment)
+        return Response(DeploymentOut(access_deployment(request.org, pk)).data)
 
     @extend_schema(responses=EventOut(many=True))
     @action(detail=True, methods=["get"])

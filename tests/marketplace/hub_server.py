@@ -17,7 +17,10 @@ class HubServer:
         self.broken: set[str] = set()  # answer 500
         self.slow: set[str] = set()  # answer after the client's timeout
         self.requests: list[str] = []
+        self.ranges: list[str] = []  # Range headers of file GETs (resumed downloads)
         self.fixed_etags: dict[str, str] = {}  # filename -> ETag to announce regardless
+        self.rate: dict[str, int] = {}  # repo -> bytes per second its file GETs are sent at
+        self.fail_after: dict[str, int] = {}  # repo -> drop the connection after n bytes
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -81,20 +84,46 @@ class HubServer:
                         {"X-Error-Code": "EntryNotFound"},
                         head=head,
                     )
-                start = 0
+                # Range: bytes=<start>-[<end>] (RFC 9110), as the client sends to resume.
+                start, end = 0, len(data) - 1
                 wanted = self.headers.get("Range", "")
-                if wanted.startswith("bytes="):
-                    start = int(wanted[6:].split("-")[0] or 0)
-                body = data[start:]
-                self.send_response(206 if start else 200)
+                ranged = wanted.startswith("bytes=")
+                if ranged and not head:
+                    hub.ranges.append(wanted)
+                if ranged:
+                    first, _, last = wanted[6:].partition("-")
+                    start = int(first or 0)
+                    end = min(int(last), end) if last else end
+                    if start >= len(data) and data:
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(data)}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return None
+                body = data[start : end + 1]
+                self.send_response(206 if ranged else 200)
                 self.send_header("Content-Length", str(len(body)))
+                if ranged:
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
                 etag = hub.fixed_etags.get(name) or hashlib.sha256(data).hexdigest()
                 self.send_header("ETag", f'"{etag}"')
                 self.send_header("X-Repo-Commit", hub.models[repo]["sha"])
                 self.send_header("Accept-Ranges", "bytes")
                 self.end_headers()
-                if not head:
-                    self.wfile.write(body)
+                if head:
+                    return None
+                rate = hub.rate.get(repo)
+                cut = hub.fail_after.get(repo)
+                chunk = max(rate // 10, 1) if rate else 1 << 20
+                for i in range(0, len(body), chunk):
+                    if cut is not None and start + i >= cut:
+                        hub.fail_after.pop(repo, None)  # once: the retry gets the rest
+                        self.close_connection = True
+                        return None
+                    self.wfile.write(body[i : i + chunk])
+                    self.wfile.flush()
+                    if rate:
+                        time.sleep(0.1)
                 return None
 
             def do_HEAD(self):
