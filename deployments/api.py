@@ -120,6 +120,7 @@ class DeploymentOut(serializers.ModelSerializer):
     replicas = serializers.SerializerMethodField()
     # The hub weights it loads from the weights cache (null when none are fetched).
     weights = WeightsOut(allow_null=True, read_only=True)
+    status_reason = serializers.CharField(source="reason_now", read_only=True)
 
     class Meta:
         model = Deployment

@@ -281,6 +281,14 @@ class Deployment(models.Model):
         return self.model_ref.startswith("demo:")
 
     @property
+    def reason_now(self) -> str:
+        """The status reason, with the weights' progress as it is now while they are fetched
+        (the reconciler writes its reason only when it passes)."""
+        if self.status == DeploymentStatus.FETCHING and self.weights is not None:
+            return self.weights.progress_text
+        return self.status_reason
+
+    @property
     def is_transitional(self) -> bool:
         return self.status in {
             DeploymentStatus.PENDING,

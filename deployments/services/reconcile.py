@@ -327,7 +327,7 @@ class _Pass:
     def weights_wait(self) -> str:
         """Why replicas must wait for their model files, or "" when they need not."""
         self.fetching = weights_wait(self.d)
-        if self.fetching[0]:
+        if self.fetching[0] or self.d.weights_id:
             return self.fetching[1]
         if self.d.engine != "llama.cpp" or self.d.model_ref.startswith("demo:"):
             return ""

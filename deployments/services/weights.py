@@ -9,9 +9,10 @@ Invariants:
 * One row per (region, repo, revision, file), by a database constraint: concurrent
   deploys of the same weights join the same fetch instead of starting another.
 * A fetch runs only in the worker that claimed it with one conditional UPDATE; the claimer
-  renews ``heartbeat_at`` while bytes arrive. A worker killed mid-way stops renewing, and
-  the beat task hands the row to another run, which resumes the partial download (the hub
-  client continues ``.incomplete`` files with a Range request).
+  renews ``heartbeat_at`` while it runs. A worker killed mid-way stops renewing, and the
+  beat task hands the row to another run (the task is idempotent), which removes the dead
+  run's partial file and downloads again: the hub client (2.x) writes each download to a
+  file unique to its process and does not continue another process's.
 * Tokens are read at the moment of the hub call and never written to a row, a log or an
   error message.
 """
@@ -20,6 +21,7 @@ import logging
 import os
 import re
 import threading
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -289,8 +291,11 @@ def _bytes_on_disk(folder: Path, filename: str) -> int:
     total = 0
     for root, _dirs, files in os.walk(folder):
         for name in files:
-            # The hub client names a partial download by a hash, not the file's name.
-            if filename and not (name.startswith(filename) or name.endswith(".incomplete")):
+            # The hub client keeps .metadata and .lock files beside its downloads, and names
+            # a partial download by a hash, not the file's name.
+            if name.endswith((".metadata", ".lock")):
+                continue
+            if filename and not (name == filename or name.endswith(".incomplete")):
                 continue
             try:
                 total += os.stat(os.path.join(root, name)).st_size
@@ -347,6 +352,23 @@ class _Progress:
         self.thread.join()
 
 
+def _remove_orphans(folder: Path) -> None:
+    """Delete partial files a killed run left behind. The hub client downloads into a
+    temporary file unique to its process and never resumes another process's, so an
+    orphan only takes space and would count as progress. A file a live run writes was
+    touched within the lease; these were not."""
+    partials = folder / ".cache" / "huggingface" / "download"
+    if not partials.is_dir():
+        return
+    cutoff = time.time() - settings.WEIGHTS_FETCH_LEASE_S
+    for path in partials.glob("*.incomplete"):
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+        except OSError:
+            continue
+
+
 def _download(fetch: WeightsFetch, token: str) -> None:
     from huggingface_hub import (
         HfApi,
@@ -359,6 +381,7 @@ def _download(fetch: WeightsFetch, token: str) -> None:
     endpoint = settings.HF_ENDPOINT or None
     folder = Path(fetch.path)
     folder.mkdir(parents=True, exist_ok=True)
+    _remove_orphans(folder)
     if fetch.filename:
         meta = get_hf_file_metadata(
             hf_hub_url(fetch.repo, fetch.filename, revision=fetch.revision, endpoint=endpoint),
@@ -403,7 +426,7 @@ def _download(fetch: WeightsFetch, token: str) -> None:
 
 def weights_fetch_run(*, fetch_id: int) -> WeightsFetch | None:
     """Fetch one region's copy. Idempotent: a fetch that is ready, failed or being run by a
-    live worker is left alone; a resumed one continues where the last run stopped."""
+    live worker is left alone; files already complete are kept."""
     if not _claim(fetch_id, timezone.now()):
         return None
     fetch = WeightsFetch.objects.select_related("token_organization").get(pk=fetch_id)
@@ -442,7 +465,7 @@ def _wake_deployments(fetch: WeightsFetch) -> None:
 
 def weights_fetches_recover(*, now: datetime | None = None) -> dict[str, int]:
     """Hand every fetch whose worker stopped renewing its lease (or that was never picked
-    up) to a new run, which resumes it; fail it after WEIGHTS_FETCH_ATTEMPTS runs."""
+    up) to a new run; fail it after WEIGHTS_FETCH_ATTEMPTS runs."""
     from deployments.tasks import fetch_weights
 
     now = now or timezone.now()

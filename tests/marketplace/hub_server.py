@@ -17,10 +17,8 @@ class HubServer:
         self.broken: set[str] = set()  # answer 500
         self.slow: set[str] = set()  # answer after the client's timeout
         self.requests: list[str] = []
-        self.ranges: list[str] = []  # Range headers of file GETs (resumed downloads)
         self.fixed_etags: dict[str, str] = {}  # filename -> ETag to announce regardless
         self.rate: dict[str, int] = {}  # repo -> bytes per second its file GETs are sent at
-        self.fail_after: dict[str, int] = {}  # repo -> drop the connection after n bytes
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -88,8 +86,6 @@ class HubServer:
                 start, end = 0, len(data) - 1
                 wanted = self.headers.get("Range", "")
                 ranged = wanted.startswith("bytes=")
-                if ranged and not head:
-                    hub.ranges.append(wanted)
                 if ranged:
                     first, _, last = wanted[6:].partition("-")
                     start = int(first or 0)
@@ -113,17 +109,15 @@ class HubServer:
                 if head:
                     return None
                 rate = hub.rate.get(repo)
-                cut = hub.fail_after.get(repo)
                 chunk = max(rate // 10, 1) if rate else 1 << 20
-                for i in range(0, len(body), chunk):
-                    if cut is not None and start + i >= cut:
-                        hub.fail_after.pop(repo, None)  # once: the retry gets the rest
-                        self.close_connection = True
-                        return None
-                    self.wfile.write(body[i : i + chunk])
-                    self.wfile.flush()
-                    if rate:
-                        time.sleep(0.1)
+                try:
+                    for i in range(0, len(body), chunk):
+                        self.wfile.write(body[i : i + chunk])
+                        self.wfile.flush()
+                        if rate:
+                            time.sleep(0.1)
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True  # the client went away (or was killed)
                 return None
 
             def do_HEAD(self):

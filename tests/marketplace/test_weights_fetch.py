@@ -206,7 +206,7 @@ def test_a_failed_fetch_says_why_and_can_be_retried(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_fetch_whose_worker_was_killed_is_resumed_where_it_stopped(
+def test_a_fetch_whose_worker_was_killed_is_run_again_and_lands(
     hub,  # noqa: F811
     org_a,
     api_client_for,
@@ -259,18 +259,23 @@ def test_a_fetch_whose_worker_was_killed_is_resumed_where_it_stopped(
     # While its lease still runs, nobody takes it over.
     monkeypatch.setattr(tasks.fetch_weights, "delay", lambda pk: tasks.fetch_weights.apply((pk,)))
     assert weights_fetches_recover() == {"resumed": 0, "failed": 0}
-    # Once it ran out, the beat task hands it to a new run, which resumes the partial file.
+    partials = Path(fetch.path) / ".cache" / "huggingface" / "download"
+    orphans = list(partials.glob("*.incomplete"))
+    assert orphans  # what the killed run was writing
+    # Once its lease ran out, the beat task hands it to a new run.
     hub.rate.pop(GGUF_REPO)
-    stale = timezone.now() - timedelta(seconds=settings.WEIGHTS_FETCH_LEASE_S + 1)
-    WeightsFetch.objects.filter(pk=fetch.pk).update(heartbeat_at=stale)
+    settings.WEIGHTS_FETCH_LEASE_S = 1
+    time.sleep(1.2)
     assert weights_fetches_recover() == {"resumed": 1, "failed": 0}
     fetch.refresh_from_db()
     assert fetch.status == "ready" and fetch.attempts == 2
-    assert any(r != "bytes=0-" for r in hub.ranges), hub.ranges  # continued, not restarted
+    assert fetch.bytes_done == fetch.bytes_total == len(hub.gguf)
     assert _cached_file().read_bytes() == hub.gguf
+    assert not any(p.exists() for p in orphans)  # the dead run's partial file is gone
     assert weights_fetches_recover() == {"resumed": 0, "failed": 0}  # nothing more to do
 
     # After too many dead workers it fails, saying so.
+    stale = timezone.now() - timedelta(minutes=1)
     WeightsFetch.objects.filter(pk=fetch.pk).update(
         status="fetching", heartbeat_at=stale, attempts=settings.WEIGHTS_FETCH_ATTEMPTS
     )

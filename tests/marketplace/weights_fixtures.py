@@ -14,9 +14,13 @@ GATED_REPO = "gantry-test/Gated-Chat"
 
 
 def gguf_bytes(tmp_path) -> bytes:
+    """The demo GGUF, padded at the end to 32 MiB: the hub client reads in 10 MiB chunks,
+    so only a file this size shows progress between "nothing" and "all". llama.cpp reads
+    tensors by their offsets and ignores bytes after the last one."""
     from deployments.demo_model import write_demo_gguf
 
-    return write_demo_gguf(tmp_path / "tiny.gguf").read_bytes()
+    data = write_demo_gguf(tmp_path / "tiny.gguf").read_bytes()
+    return data + bytes((32 << 20) - len(data))
 
 
 def catalog_entry(
@@ -59,7 +63,12 @@ def catalog_entry(
 def hub(settings, tmp_path):
     """The hub stand-in serving a real tiny GGUF (and a gated repo); HF_ENDPOINT points at
     it, for this process and for a worker started after it."""
+    import shutil
+
+    from deployments.services.weights import weights_dir
+
     data = gguf_bytes(tmp_path)
+    shutil.rmtree(weights_dir(), ignore_errors=True)  # each test starts with an empty cache
     with HubServer() as server:
         server.add_model(GGUF_REPO, license="apache-2.0")
         server.add_files(GGUF_REPO, {GGUF_FILE: data, "README.md": b"# tiny\n"})
