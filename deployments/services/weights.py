@@ -231,9 +231,9 @@ def deployment_weights_attach(
 
 def deployment_weights_rows(d: Deployment) -> list[WeightsFetch]:
     """The deployment's weights in each of its regions (its first region's row first)."""
-    if d.weights_id is None:
-        return []
     w = d.weights
+    if w is None:
+        return []
     rows = WeightsFetch.objects.filter(
         repo=w.repo, revision=w.revision, filename=w.filename, region__code__in=d.regions
     ).select_related("region")
