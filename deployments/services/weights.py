@@ -295,6 +295,10 @@ def _bytes_on_disk(folder: Path, filename: str) -> int:
             # a partial download by a hash, not the file's name.
             if name.endswith((".metadata", ".lock")):
                 continue
+            if ".cache" in Path(root).relative_to(folder).parts and not name.endswith(
+                ".incomplete"
+            ):
+                continue  # the client's own bookkeeping (tree listings), not weights
             if filename and not (name == filename or name.endswith(".incomplete")):
                 continue
             try:

@@ -120,6 +120,34 @@ class HubServer:
                     self.close_connection = True  # the client went away (or was killed)
                 return None
 
+            def _tree(self, rest: str):
+                # /api/models/{owner}/{name}/tree/{revision}[/{path}]?recursive=true: the
+                # files of a revision, as snapshot_download lists them (one page, no Link).
+                repo, _, tail = rest.partition("/tree/")
+                revision = tail.split("/", 1)[0]
+                if repo not in hub.models:
+                    return self._send(
+                        404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
+                    )
+                if self._denied(repo) or self._bad_revision(repo, revision):
+                    return None
+                entries = []
+                for name, data in sorted(hub.files.get(repo, {}).items()):
+                    entry = {
+                        "type": "file",
+                        "oid": hashlib.sha1(data).hexdigest(),
+                        "size": len(data),
+                        "path": name,
+                    }
+                    if name.endswith((".safetensors", ".gguf", ".bin")):  # kept in LFS
+                        entry["lfs"] = {
+                            "oid": hashlib.sha256(data).hexdigest(),
+                            "size": len(data),
+                            "pointerSize": 134,
+                        }
+                    entries.append(entry)
+                return self._send(200, entries)
+
             def do_HEAD(self):
                 hub.requests.append("HEAD " + self.path)
                 if "/resolve/" in self.path:
@@ -134,6 +162,8 @@ class HubServer:
                 prefix = "/api/models/"
                 if not path.startswith(prefix):
                     return self._send(404, {"error": "Not found"})
+                if "/tree/" in path:
+                    return self._tree(path.removeprefix(prefix))
                 repo, _, revision = path.removeprefix(prefix).partition("/revision/")
                 if repo in hub.slow:
                     time.sleep(3)

@@ -287,3 +287,60 @@ def test_a_fetch_whose_worker_was_killed_is_run_again_and_lands(
 def test_progress_reads_like_a_person_would_say_it():
     f = WeightsFetch(status="fetching", bytes_done=2_100_000_000, bytes_total=5_600_000_000)
     assert f.progress_text == "fetching weights 37% (2.1 of 5.6 GB)"
+
+
+@pytest.mark.django_db
+def test_a_vllm_profile_fetches_the_safetensors_snapshot_into_the_region_cache(
+    hub,  # noqa: F811
+    org_a,
+    api_client_for,
+):
+    from deployments.models import GpuType
+    from marketplace.models import ServingProfile
+    from tests.deployments.conftest import make_pool, make_region
+
+    repo = "gantry-test/Tiny-Chat"
+    files = {
+        "config.json": b'{"architectures": ["LlamaForCausalLM"]}',
+        "model.safetensors": bytes(3 << 20),
+        "tokenizer.json": b"{}",
+        "README.md": b"# not needed to serve",
+    }
+    hub.add_model(repo, license="apache-2.0")
+    hub.add_files(repo, files)
+    make_pool(make_region("eu-west"), "h100", "h100-80gb", [("n1", 8)], driver="kubernetes")
+    model = catalog_entry()
+    ServingProfile.objects.create(
+        model=model,
+        name="h100-bf16",
+        engine="vllm",
+        gpu_type=GpuType.objects.get(code="h100-80gb"),
+        quantization="bf16",
+        max_model_len=512,
+        fits=True,
+    )
+    created = api_client_for(org_a).post(
+        "/api/v1/deployments", {"model": "tiny-chat", "profile": "h100-bf16"}, format="json"
+    )
+    assert created.status_code == 201, created.content
+    assert created.json()["model_ref"] == f"hub:{repo}@main"
+    fetch = WeightsFetch.objects.get()
+    assert (fetch.region.code, fetch.repo, fetch.filename) == ("eu-west", repo, "")
+
+    fetch = weights_fetch_run(fetch_id=fetch.pk)
+    assert fetch.status == "ready", fetch.error
+    folder = weights_dir() / "eu-west" / "gantry-test--Tiny-Chat" / "main"
+    assert Path(fetch.path) == folder
+    assert sorted(fetch.files) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert (folder / "model.safetensors").read_bytes() == files["model.safetensors"]
+    assert not (folder / "README.md").exists()
+    assert (
+        fetch.bytes_done
+        == fetch.bytes_total
+        == sum(len(files[n]) for n in ("config.json", "model.safetensors", "tokenizer.json"))
+    )
+    # A replica in eu-west loads the folder.
+    from deployments.services.weights import weights_model_path
+
+    d = Deployment.objects.get()
+    assert weights_model_path(d, fetch.region_id) == str(folder)
