@@ -100,7 +100,7 @@ def _hub_errors() -> tuple[type[BaseException], ...]:
     return (HfHubHTTPError, httpx2.HTTPError, OSError, ValueError)
 
 
-def hub_error_text(repo: str, exc: BaseException) -> str:
+def hub_error_text(repo: str, exc: BaseException, token: str = "") -> str:
     """What went wrong, in words, without the token or the hub's full response."""
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -121,7 +121,7 @@ def hub_error_text(repo: str, exc: BaseException) -> str:
     if isinstance(exc, EntryNotFoundError):
         return f"{repo} has no such file on the hub."
     first = (str(exc).splitlines() or [type(exc).__name__])[0]
-    for secret in {settings.HF_TOKEN} - {""}:
+    for secret in {settings.HF_TOKEN, token} - {""}:
         first = first.replace(secret, "***")
     return f"{type(exc).__name__}: {first[:300]}"
 
@@ -141,7 +141,7 @@ def weights_access_check(*, repo: str, revision: str, filename: str, token: str)
         else:
             HfApi(endpoint=endpoint).model_info(repo, revision=revision, token=token or False)
     except _hub_errors() as exc:
-        raise ValidationError({"model": hub_error_text(repo, exc)}) from None
+        raise ValidationError({"model": hub_error_text(repo, exc, token)}) from None
 
 
 def engine_hub_token(d: Deployment) -> str:
@@ -434,10 +434,11 @@ def weights_fetch_run(*, fetch_id: int) -> WeightsFetch | None:
     if not _claim(fetch_id, timezone.now()):
         return None
     fetch = WeightsFetch.objects.select_related("token_organization").get(pk=fetch_id)
+    token = hub_token_for(fetch.token_organization)
     try:
-        _download(fetch, hub_token_for(fetch.token_organization))
+        _download(fetch, token)
     except Exception as exc:  # any failure is recorded on the row, in words, then shown
-        why = hub_error_text(fetch.repo, exc)
+        why = hub_error_text(fetch.repo, exc, token)
         WeightsFetch.objects.filter(pk=fetch.pk).update(status=Status.FAILED, error=why)
         log.warning("weights %s failed: %s", fetch, why)
         _wake_deployments(fetch)
