@@ -344,3 +344,37 @@ def test_a_vllm_profile_fetches_the_safetensors_snapshot_into_the_region_cache(
 
     d = Deployment.objects.get()
     assert weights_model_path(d, fetch.region_id) == str(folder)
+
+
+@pytest.mark.django_db
+def test_a_deployment_in_two_regions_waits_for_both_copies_and_loads_its_regions_own(
+    hub,  # noqa: F811
+    org_a,
+    api_client_for,
+    local_pool,
+):
+    from deployments.services.weights import weights_wait
+    from tests.deployments.conftest import make_pool, make_region
+
+    make_pool(make_region("local-2"), "cpu", "cpu", [("localhost-2", 4)])
+    catalog_entry()
+    created = api_client_for(org_a).post(
+        "/api/v1/deployments", {**DEPLOY, "regions": ["local", "local-2"]}, format="json"
+    )
+    assert created.status_code == 201, created.content
+    d = Deployment.objects.get()
+    first, second = WeightsFetch.objects.order_by("region__code")
+    assert d.weights_id == first.pk and first.path != second.path
+    weights_fetch_run(fetch_id=first.pk)
+    state, text = weights_wait(d)
+    assert state == "fetching" and text.startswith("fetching weights")
+    reconcile_until(d, lambda d: d.status == "fetching", what="fetching")
+    assert not d.replicas.exists()
+
+    weights_fetch_run(fetch_id=second.pk)
+    reconcile_until(d, lambda d: d.status == "running", what="running")
+    replica = d.replicas.get(status="running")
+    from deployments.services.reconcile import _spec
+
+    own = WeightsFetch.objects.get(region=replica.region)
+    assert _spec(d, replica).model_ref == str(Path(own.path) / GGUF_FILE)
