@@ -17,7 +17,6 @@ from deployments.models import Deployment, GpuPool, GpuType, Node, Region
 from deployments.placement import explain_unschedulable
 from deployments.services import deployment_create
 from deployments.services.weights import (
-    deployment_weights_attach,
     hub_ref,
     hub_token_for,
     weights_access_check,
@@ -339,28 +338,26 @@ def catalog_deploy(
         )
         raise ValidationError({"regions": f"No room: {explain_unschedulable(probe)}."})
     weights = _weights_plan(org, model, profile, regions)
-    with transaction.atomic():
-        deployment = deployment_create(
-            organization=org,
-            user=user,
-            name=name or _free_name(org, model.slug),
-            engine=profile.engine,
-            image=profile.image,
-            model_ref=hub_ref(*weights) if weights else profile.model_ref or model.hf_repo,
-            engine_args=_with_context_length(profile),
-            gpu_type=profile.gpu_type.code,
-            gpus_per_replica=profile.gpu_count,
-            min_replicas=min_replicas,
-            max_replicas=max_replicas,
-            replicas=replicas,
-            autoscale_target=autoscale_target,
-            scale_to_zero_after_s=scale_to_zero_after_s,
-            regions=list(regions),
-            source=source or f"catalog:{model.slug}/{profile.name}",
-        )
-        if weights:
-            deployment_weights_attach(deployment=deployment, weights=weights)
-    return deployment
+    # A hub:<repo>@<revision>[/<file>] model also ties the deployment to its weights fetch
+    # in each of its regions (deployment_create does that).
+    return deployment_create(
+        organization=org,
+        user=user,
+        name=name or _free_name(org, model.slug),
+        engine=profile.engine,
+        image=profile.image,
+        model_ref=hub_ref(*weights) if weights else profile.model_ref or model.hf_repo,
+        engine_args=_with_context_length(profile),
+        gpu_type=profile.gpu_type.code,
+        gpus_per_replica=profile.gpu_count,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        replicas=replicas,
+        autoscale_target=autoscale_target,
+        scale_to_zero_after_s=scale_to_zero_after_s,
+        regions=list(regions),
+        source=source or f"catalog:{model.slug}/{profile.name}",
+    )
 
 
 def _weights_plan(org, model: CatalogModel, profile: ServingProfile, regions: list[str]):

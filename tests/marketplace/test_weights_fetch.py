@@ -378,3 +378,49 @@ def test_a_deployment_in_two_regions_waits_for_both_copies_and_loads_its_regions
 
     own = WeightsFetch.objects.get(region=replica.region)
     assert _spec(d, replica).model_ref == str(Path(own.path) / GGUF_FILE)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "ref",
+    [
+        f"hub:{GGUF_REPO}@main/other.gguf",  # a file the catalog does not name
+        "hub:someone/private@main/x.gguf",
+        f"hub:{GGUF_REPO}@main/../../etc/passwd",
+        f"hub:{GGUF_REPO}@mai",  # an abbreviation
+        f" hub:{GGUF_REPO}@main/{GGUF_FILE}x",
+    ],
+)
+def test_raw_deploys_may_name_only_the_hub_weights_the_catalog_names(
+    ref,
+    hub,  # noqa: F811
+    org_a,
+    api_client_for,
+    local_pool,
+):
+    catalog_entry()
+    body = {"name": "raw", "model_ref": ref, "gpu_type": "cpu", "regions": ["local"]}
+    response = api_client_for(org_a).post("/api/v1/deployments", body, format="json")
+    assert response.status_code == 400, response.content
+    assert "model_ref" in response.json()
+    assert not Deployment.objects.exists() and not WeightsFetch.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_raw_deploy_of_a_catalog_hub_ref_fetches_it_too(
+    hub,  # noqa: F811
+    org_a,
+    api_client_for,
+    local_pool,
+):
+    catalog_entry()
+    body = {
+        "name": "raw",
+        "model_ref": f"hub:{GGUF_REPO}@main/{GGUF_FILE}",
+        "gpu_type": "cpu",
+        "regions": ["local"],
+    }
+    response = api_client_for(org_a).post("/api/v1/deployments", body, format="json")
+    assert response.status_code == 201, response.content
+    assert response.json()["weights"]["file"] == GGUF_FILE
+    assert WeightsFetch.objects.get().pk == Deployment.objects.get().weights_id
