@@ -219,13 +219,19 @@ def deployment_weights_attach(
         for code in deployment.regions
     ]
     first = fetches[0]
-    Deployment.objects.filter(pk=deployment.pk).update(weights=first)
     deployment.weights = first
     what = f"{repo}@{revision}" + (f" ({filename})" if filename else "")
     if all(f.status == Status.READY for f in fetches):
+        Deployment.objects.filter(pk=deployment.pk).update(weights=first)
         event(deployment, "weights", f"weights {what} already in the cache")
-    else:
-        event(deployment, "weights", f"fetching weights {what} into {', '.join(regions)}")
+        return deployment
+    # Fetching from the start, not from the reconciler's first pass: a busy worker may run
+    # the fetch before that pass.
+    deployment.status, deployment.status_reason = DeploymentStatus.FETCHING, first.progress_text
+    Deployment.objects.filter(pk=deployment.pk).update(
+        weights=first, status=deployment.status, status_reason=deployment.status_reason
+    )
+    event(deployment, "weights", f"fetching weights {what} into {', '.join(regions)}")
     return deployment
 
 
