@@ -10,7 +10,7 @@ from deployments import flags, selectors, services
 from deployments.access import access_deployment, access_replica
 from deployments.models import Deployment, DeploymentEvent, GpuType, Replica, WeightsFetch
 from deployments.placement import capacity_by_region_and_type
-from deployments.services.weights import deployment_weights_retry, weights_progress_text
+from deployments.services.weights import deployment_weights_retry
 from deployments.sources import source_deploy, source_list
 from portal.access import require
 from portal.converters import ID_PATTERN
@@ -92,7 +92,7 @@ class WeightsOut(serializers.ModelSerializer):
     region = serializers.CharField(source="region.code")
     file = serializers.CharField(source="filename")
     percent = serializers.IntegerField()
-    progress = serializers.SerializerMethodField()
+    progress = serializers.CharField(source="progress_text")
 
     class Meta:
         model = WeightsFetch
@@ -109,9 +109,6 @@ class WeightsOut(serializers.ModelSerializer):
             "progress",
             "error",
         ]
-
-    def get_progress(self, w) -> str:
-        return weights_progress_text(w)
 
 
 class DeploymentOut(serializers.ModelSerializer):

@@ -80,10 +80,6 @@ def weights_target(fetch: WeightsFetch) -> Path:
     return folder / fetch.filename if fetch.filename else folder
 
 
-def weights_progress_text(fetch: WeightsFetch) -> str:
-    return fetch.progress_text
-
-
 # --- tokens -----------------------------------------------------------------------------
 
 
@@ -275,10 +271,10 @@ def weights_wait(d: Deployment) -> tuple[str, str]:
         return "", ""
     failed = next((r for r in rows if r.status == Status.FAILED), None)
     if failed is not None:
-        return "failed", weights_progress_text(failed) + " — retry from the deployment page."
+        return "failed", f"{failed.progress_text} — retry the fetch once that is fixed."
     waiting = next((r for r in rows if r.status != Status.READY), None)
     if waiting is not None:
-        return "fetching", weights_progress_text(waiting)
+        return "fetching", waiting.progress_text
     return "", ""
 
 
