@@ -9,7 +9,7 @@ def access_deployment(org: Organization | None, pk) -> Deployment:
     if org is None:
         raise Http404
     return get_object_or_404(
-        Deployment.objects.select_related("gpu_type", "organization").exclude(
+        Deployment.objects.select_related("gpu_type", "organization", "weights__region").exclude(
             status=DeploymentStatus.DELETED
         ),
         organization=org,

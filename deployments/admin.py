@@ -9,6 +9,7 @@ from deployments.models import (
     Node,
     Region,
     Replica,
+    WeightsFetch,
 )
 
 
@@ -50,6 +51,7 @@ class PoolForm(forms.ModelForm):
             "config",
             "allowed_images",
             "runs_org_builds",
+            "engine_fetches_weights",
             "enabled",
         ]
         widgets = {
@@ -124,3 +126,13 @@ class ReplicaAdmin(admin.ModelAdmin):
     list_filter = ["status", "region"]
     list_select_related = ["deployment__organization", "region", "pool", "node"]
     readonly_fields = [f.name for f in Replica._meta.fields]
+
+
+@admin.register(WeightsFetch)
+class WeightsFetchAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "status", "bytes_done", "bytes_total", "attempts", "updated_at"]
+    list_filter = ["status", "region"]
+    list_select_related = ["region"]
+    search_fields = ["repo", "filename"]
+    # Rows are the fetch task's; staff read them (and delete a stale one), never edit.
+    readonly_fields = [f.name for f in WeightsFetch._meta.fields]

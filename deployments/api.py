@@ -8,9 +8,10 @@ from rest_framework.response import Response
 from billing.selectors import gpu_hour_prices
 from deployments import flags, selectors, services
 from deployments.access import access_deployment, access_replica
-from deployments.models import Deployment, DeploymentEvent, GpuType, Replica
+from deployments.models import Deployment, DeploymentEvent, GpuType, Replica, WeightsFetch
 from deployments.placement import capacity_by_region_and_type
 from deployments.playground import playground_token_mint
+from deployments.services.weights import deployment_weights_retry
 from deployments.sources import source_deploy, source_list
 from portal.access import require
 from portal.converters import ID_PATTERN
@@ -88,10 +89,36 @@ class ReplicaOut(serializers.ModelSerializer):
         return (r.url or None) if staff else None
 
 
+class WeightsOut(serializers.ModelSerializer):
+    region = serializers.CharField(source="region.code")
+    file = serializers.CharField(source="filename")
+    percent = serializers.IntegerField()
+    progress = serializers.CharField(source="progress_text")
+
+    class Meta:
+        model = WeightsFetch
+        fields = [
+            "region",
+            "repo",
+            "revision",
+            "commit",
+            "file",
+            "status",
+            "bytes_done",
+            "bytes_total",
+            "percent",
+            "progress",
+            "error",
+        ]
+
+
 class DeploymentOut(serializers.ModelSerializer):
     gpu_type = serializers.CharField(source="gpu_type.code")
     endpoint = serializers.SerializerMethodField()
     replicas = serializers.SerializerMethodField()
+    # The hub weights it loads from the weights cache (null when none are fetched).
+    weights = WeightsOut(allow_null=True, read_only=True)
+    status_reason = serializers.CharField(source="reason_now", read_only=True)
 
     class Meta:
         model = Deployment
@@ -114,6 +141,7 @@ class DeploymentOut(serializers.ModelSerializer):
             "autoscale_target",
             "scale_to_zero_after_s",
             "replicas",
+            "weights",
             "created_at",
             "updated_at",
         ]
@@ -415,6 +443,14 @@ class DeploymentViewSet(viewsets.GenericViewSet):
             deployment=deployment, user=request.user, ttl_s=data.validated_data.get("ttl_s")
         )
         return Response(PlaygroundTokenOut(minted).data, status=status.HTTP_201_CREATED)
+    @extend_schema(request=None, responses=DeploymentOut)
+    @action(detail=True, methods=["post"], url_path="weights/retry")
+    def weights_retry(self, request, pk=None):
+        """Fetch the deployment's weights again after the fetch failed."""
+        deployment = access_deployment(request.org, pk)
+        require(request.membership, "deployments.manage")
+        deployment_weights_retry(deployment=deployment)
+        return Response(DeploymentOut(access_deployment(request.org, pk)).data)
 
     @extend_schema(responses=EventOut(many=True))
     @action(detail=True, methods=["get"])

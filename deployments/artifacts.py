@@ -106,6 +106,9 @@ def resolve_model_ref(*, organization, engine: str, model_ref) -> str:
         target = _shared(ref.removeprefix(SHARED_PREFIX))
     else:
         target = organization_artifacts(organization).models.get(ref)
+    if isinstance(target, str) and target.startswith("hub:"):
+        # Hub weights the catalog names: fetched into the weights cache on deploy.
+        return target
     if target is None:
         if engine != "llama.cpp" and HF_REPO_RE.match(ref) and ".." not in ref:
             return ref  # the engine fetches it from the hub itself

@@ -64,6 +64,12 @@ class GpuPool(models.Model):
     runs_org_builds = models.BooleanField(
         default=True, help_text="Also run images an organization built with the builder."
     )
+    engine_fetches_weights = models.BooleanField(
+        default=False,
+        help_text="vLLM/SGLang replicas download hub weights themselves (with the "
+        "organization's or the operator's hub token as HF_TOKEN) instead of loading them "
+        "from the region's weights cache.",
+    )
     enabled = models.BooleanField(default=True)
     healthy = models.BooleanField(default=True)
     health_message = models.CharField(max_length=300, blank=True)
@@ -120,6 +126,7 @@ class Engine(models.TextChoices):
 
 class DeploymentStatus(models.TextChoices):
     PENDING = "pending", "Pending"
+    FETCHING = "fetching", "Fetching weights"
     PLACING = "placing", "Placing"
     STARTING = "starting", "Starting"
     RUNNING = "running", "Running"
@@ -128,6 +135,73 @@ class DeploymentStatus(models.TextChoices):
     STOPPED = "stopped", "Stopped"
     DELETING = "deleting", "Deleting"
     DELETED = "deleted", "Deleted"
+
+
+class WeightsFetch(models.Model):
+    """One region's cached copy of a hub repo's weights at a revision: a single file (a GGUF
+    quant for llama.cpp) or the whole safetensors snapshot (``filename`` empty). Shared by
+    every organization that deploys it; filled by the ``fetch_weights`` task."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        FETCHING = "fetching", "Fetching"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+
+    region = models.ForeignKey(Region, on_delete=models.PROTECT, related_name="weights")
+    repo = models.CharField(max_length=200)
+    revision = models.CharField(max_length=100, help_text="As asked for: a branch, tag or sha.")
+    filename = models.CharField(max_length=255, blank=True, help_text="Empty: the snapshot.")
+    commit = models.CharField(max_length=64, blank=True, help_text="The sha the hub served.")
+    files = models.JSONField(default=list, blank=True)
+    path = models.CharField(max_length=500, help_text="The folder the files land in.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    bytes_done = models.PositiveBigIntegerField(default=0)
+    bytes_total = models.PositiveBigIntegerField(default=0)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    # Whose hub token the task uses (gated repos); none: the operator's HF_TOKEN.
+    token_organization = models.ForeignKey(
+        Organization, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["region", "repo", "revision", "filename"], name="weights_one_per_region"
+            )
+        ]
+        ordering = ["region__code", "repo", "revision", "filename"]
+
+    def __str__(self) -> str:
+        tail = f"/{self.filename}" if self.filename else ""
+        return f"{self.region.code}:{self.repo}@{self.revision}{tail}"
+
+    @property
+    def percent(self) -> int:
+        if self.status == self.Status.READY:
+            return 100
+        return min(100 * self.bytes_done // self.bytes_total, 99) if self.bytes_total else 0
+
+    @property
+    def progress_text(self) -> str:
+        """ "fetching weights 37% (2.1 of 5.6 GB)", or where it stands otherwise."""
+
+        def gb(n: int) -> str:
+            return f"{n / 1e9:.1f}" if n >= 1e8 else f"{n / 1e9:.2f}"
+
+        if self.status == self.Status.READY:
+            return f"weights ready ({gb(self.bytes_total)} GB)"
+        if self.status == self.Status.FAILED:
+            return f"fetching the weights failed: {self.error}"
+        if not self.bytes_total:
+            return "fetching weights (asking the hub for their size)"
+        return (
+            f"fetching weights {self.percent}% ({gb(self.bytes_done)} of {gb(self.bytes_total)} GB)"
+        )
 
 
 class Deployment(models.Model):
@@ -169,6 +243,11 @@ class Deployment(models.Model):
         max_length=16, choices=DeploymentStatus.choices, default=DeploymentStatus.PENDING
     )
     status_reason = models.TextField(blank=True)
+    # The hub weights it loads, fetched into its first region's cache (the other regions'
+    # copies are rows with the same repo, revision and file).
+    weights = models.ForeignKey(
+        WeightsFetch, null=True, blank=True, on_delete=models.PROTECT, related_name="deployments"
+    )
     failure_count = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(
@@ -202,9 +281,18 @@ class Deployment(models.Model):
         return self.model_ref.startswith("demo:")
 
     @property
+    def reason_now(self) -> str:
+        """The status reason, with the weights' progress as it is now while they are fetched
+        (the reconciler writes its reason only when it passes)."""
+        if self.status == DeploymentStatus.FETCHING and self.weights is not None:
+            return self.weights.progress_text
+        return self.status_reason
+
+    @property
     def is_transitional(self) -> bool:
         return self.status in {
             DeploymentStatus.PENDING,
+            DeploymentStatus.FETCHING,
             DeploymentStatus.PLACING,
             DeploymentStatus.STARTING,
             DeploymentStatus.DEGRADED,

@@ -38,7 +38,7 @@ def deployment_list(*, org: Organization) -> QuerySet[Deployment]:
     return (
         Deployment.objects.filter(organization=org)
         .exclude(status=DeploymentStatus.DELETED)
-        .select_related("gpu_type")
+        .select_related("gpu_type", "weights__region")
         .prefetch_related(live_replicas())
         .order_by("-created_at")
     )

@@ -68,3 +68,18 @@ def prune_events() -> int:
     from deployments.services import events_prune
 
     return events_prune()
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def fetch_weights(fetch_id: int) -> str:
+    from deployments.services.weights import weights_fetch_run
+
+    fetch = weights_fetch_run(fetch_id=fetch_id)
+    return fetch.status if fetch else "not claimed"
+
+
+@shared_task(acks_late=True)
+def recover_weights_fetches() -> dict:
+    from deployments.services.weights import weights_fetches_recover
+
+    return weights_fetches_recover()

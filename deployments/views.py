@@ -18,6 +18,7 @@ from deployments.flags import flag_tables
 from deployments.forms import DeploymentForm, ScaleForm
 from deployments.placement import capacity_by_region_and_type
 from deployments.playground import playground_token_mint
+from deployments.services.weights import deployment_weights_retry as weights_retry
 from portal.access import require
 from portal.forms import apply_errors
 from portal.roles import can
@@ -125,6 +126,18 @@ def deployment_scale(request: HttpRequest, pk: int) -> HttpResponse:
         deployment = services.deployment_scale(
             deployment=deployment, replicas=form.cleaned_data["replicas"]
         )
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    return _after_action(request, deployment)
+
+
+@org_required
+@require_POST
+def deployment_weights_retry(request: HttpRequest, pk: int) -> HttpResponse:
+    deployment = access_deployment(request.org, pk)
+    require(request.membership, "deployments.manage")
+    try:
+        deployment = weights_retry(deployment=deployment)
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
     return _after_action(request, deployment)

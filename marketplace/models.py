@@ -130,6 +130,10 @@ class ServingProfile(models.Model):
     model_ref = models.CharField(
         max_length=255, blank=True, help_text="What the engine loads; default the hub repo."
     )
+    # The hub repo (and revision) the weights are fetched from on deploy: for llama.cpp the
+    # repo holding the GGUF file ``model_ref`` names; empty: the model's own repo.
+    weights_repo = models.CharField(max_length=200, blank=True)
+    weights_revision = models.CharField(max_length=100, default="main")
     image = models.CharField(max_length=255, blank=True)
     # The fit estimate, stored by the services whenever the profile or its GPU type changes.
     memory_required_gib = models.DecimalField(max_digits=9, decimal_places=2, default=0)

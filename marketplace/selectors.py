@@ -86,7 +86,13 @@ def catalog_list(
                 )
             )
         )
-    return qs.order_by(*SORTS.get(sort, SORTS["popular"]))
+    # The grid deploys a CPU profile in one click: its card lists them.
+    cpu = Prefetch(
+        "profiles",
+        queryset=ServingProfile.objects.filter(gpu_type__code="cpu", fits=True).order_by("name"),
+        to_attr="cpu_profiles",
+    )
+    return qs.prefetch_related(cpu).order_by(*SORTS.get(sort, SORTS["popular"]))
 
 
 def _json_contains_supported() -> bool:

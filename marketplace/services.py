@@ -13,10 +13,16 @@ from django.utils import timezone
 
 from billing.selectors import gpu_hour_prices
 from deployments.gpu_types import ensure_gpu_types
-from deployments.models import Deployment, GpuType, Node, Region
+from deployments.models import Deployment, GpuPool, GpuType, Node, Region
 from deployments.placement import explain_unschedulable
 from deployments.services import deployment_create
+from deployments.services.weights import (
+    hub_ref,
+    hub_token_for,
+    weights_access_check,
+)
 from marketplace import selectors
+from marketplace.artifacts import profile_weights
 from marketplace.fit import price_per_hour_cents, profile_fit
 from marketplace.launch import profile_launch
 from marketplace.models import CatalogModel, CatalogSync, Managed, ServingProfile
@@ -136,6 +142,8 @@ def catalog_load(*, directory: Path = CATALOG_DIR) -> LoadResult:
                         "tensor_parallel": p.get("tp"),
                         "parallel_reason": p.get("tp_reason", ""),
                         "model_ref": p.get("model_ref", ""),
+                        "weights_repo": p.get("weights_repo", ""),
+                        "weights_revision": p.get("weights_revision", "main"),
                         "image": p.get("image", ""),
                         "throughput_tokens_s": p.get("throughput_tokens_s"),
                         "throughput_source": p.get("throughput_source", ""),
@@ -362,13 +370,16 @@ def catalog_deploy(
             gpu_type=profile.gpu_type, gpus_per_replica=profile.gpu_count, regions=list(regions)
         )
         raise ValidationError({"regions": f"No room: {explain_unschedulable(probe)}."})
+    weights = _weights_plan(org, model, profile, regions)
+    # A hub:<repo>@<revision>[/<file>] model also ties the deployment to its weights fetch
+    # in each of its regions (deployment_create does that).
     return deployment_create(
         organization=org,
         user=user,
         name=name or _free_name(org, model.slug),
         engine=profile.engine,
         image=profile.image,
-        model_ref=profile.model_ref or model.hf_repo,
+        model_ref=hub_ref(*weights) if weights else profile.model_ref or model.hf_repo,
         engine_args=launch.engine_args,
         gpu_type=profile.gpu_type.code,
         gpus_per_replica=profile.gpu_count,
@@ -380,6 +391,39 @@ def catalog_deploy(
         regions=list(regions),
         source=source or f"catalog:{model.slug}/{profile.name}",
     )
+
+
+def _weights_plan(org, model: CatalogModel, profile: ServingProfile, regions: list[str]):
+    """(repo, revision, file) of the hub weights this deploy fetches into the weights cache,
+    or None (nothing to fetch, or the pools' engines download them themselves). A gated repo
+    is checked against the hub with the token that will be used, before anything is
+    created."""
+    weights = profile_weights(profile)
+    if weights is None:
+        return None
+    repo, revision, filename = weights
+    if (
+        not filename
+        and not GpuPool.objects.filter(
+            region__code__in=regions,
+            gpu_type=profile.gpu_type,
+            enabled=True,
+            engine_fetches_weights=False,
+        ).exists()
+    ):
+        weights = None  # the engines download them, with HF_TOKEN in their environment
+    if repo == model.hf_repo and model.gated:
+        token = hub_token_for(org)
+        if not token:
+            raise ValidationError(
+                {
+                    "model": f"{repo} is gated on the hub: it needs a hub token with access. "
+                    "Set your organization's hub token (Settings → API keys → Hub token, or "
+                    "PUT /api/v1/hub-token), or ask an operator to set HF_TOKEN."
+                }
+            )
+        weights_access_check(repo=repo, revision=revision, filename=filename, token=token)
+    return weights
 
 
 def catalog_deploy_by_slug(*, org, user, value: str, **options) -> Deployment:

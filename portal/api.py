@@ -237,3 +237,26 @@ def me(request):
             "auth": "api_key" if isinstance(request.auth, ApiKey) else "session",
         }
     )
+
+
+class HubTokenIn(serializers.Serializer):
+    token = serializers.JSONField(help_text='The organization\'s hub token; "" clears it.')
+
+
+HubTokenOut = inline_serializer("HubToken", {"set": serializers.BooleanField()})
+
+
+@extend_schema(methods=["PUT"], request=HubTokenIn, responses=HubTokenOut)
+@extend_schema(methods=["GET"], responses=HubTokenOut)
+@api_view(["GET", "PUT"])
+def hub_token(request):
+    """Whether the organization has a hub token (never the token itself); PUT sets it."""
+    if request.method == "PUT":
+        require(request.membership, "keys.manage")
+        data = HubTokenIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.organization_hub_token_set(
+            organization=request.org, token=data.validated_data["token"]
+        )
+        request.org.refresh_from_db()
+    return Response({"set": bool(request.org.hub_token_encrypted)})

@@ -38,6 +38,10 @@ app.conf.beat_schedule = {
         "task": "deployments.tasks.prune_events",
         "schedule": 3600.0,  # idempotent: a second run finds nothing past the bounds
     },
+    "recover-weights-fetches": {
+        "task": "deployments.tasks.recover_weights_fetches",
+        "schedule": 60.0,  # idempotent: a fetch with a live worker is left alone
+    },
     "check-pools": {
         "task": "deployments.tasks.check_pools",
         "schedule": 30.0,

@@ -24,6 +24,8 @@ class Organization(models.Model):
     personal = models.BooleanField(
         default=False, help_text="Created with its user at sign-up; one per user."
     )
+    # A Hugging Face token for gated repos, encrypted (portal.secrets); never rendered back.
+    hub_token_encrypted = models.TextField(blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

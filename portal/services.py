@@ -375,3 +375,28 @@ def api_key_authenticate(raw_key: str) -> ApiKey | None:
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
         key.last_used_at = now
     return key
+
+
+# --- Hub token --------------------------------------------------------------------------
+
+HUB_TOKEN_RE = re.compile(r"^[A-Za-z0-9_.-]{8,200}$")
+
+
+def organization_hub_token_set(*, organization: Organization, token) -> Organization:
+    """Set (or, with "", clear) the organization's Hugging Face token: deploys of gated
+    repos use it to fetch the weights. Stored encrypted; never shown again."""
+    from portal.secrets import secret_encrypt
+
+    if not isinstance(token, str):
+        raise ValidationError({"token": "Give the token as text (empty clears it)."})
+    token = token.strip()
+    if token and not HUB_TOKEN_RE.match(token):
+        raise ValidationError(
+            {"token": "A hub token is 8–200 letters, digits, '_', '-' or '.', like hf_…."}
+        )
+    Organization.objects.filter(pk=organization.pk).update(
+        hub_token_encrypted=secret_encrypt(token), updated_at=timezone.now()
+    )
+    organization.refresh_from_db()
+    log.info("hub token of %s %s", organization.slug, "set" if token else "cleared")
+    return organization

@@ -331,6 +331,13 @@ REPLICA_MAX_BACKOFF_S = env.int("REPLICA_MAX_BACKOFF_S", default=60)
 # older than EVENTS_MAX_AGE_DAYS (0 turns either bound off). Pruned by beat every hour.
 EVENTS_KEEP_PER_DEPLOYMENT = env.int("EVENTS_KEEP_PER_DEPLOYMENT", default=1000)
 EVENTS_MAX_AGE_DAYS = env.int("EVENTS_MAX_AGE_DAYS", default=90)
+# The weights cache: hub weights a deployment loads land in <dir>/<region>/<owner>--<name>/
+# <revision>/, one copy per region shared by every organization. Default: inside the first
+# model folder. A fetch whose worker stops renewing its lease this long is resumed (up to
+# WEIGHTS_FETCH_ATTEMPTS times).
+GANTRY_WEIGHTS_DIR = env.str("GANTRY_WEIGHTS_DIR", default="")
+WEIGHTS_FETCH_LEASE_S = env.int("WEIGHTS_FETCH_LEASE_S", default=120)
+WEIGHTS_FETCH_ATTEMPTS = env.int("WEIGHTS_FETCH_ATTEMPTS", default=5)
 
 # --- Marketplace ----------------------------------------------------------------------
 HF_ENDPOINT = env.str("HF_ENDPOINT", default="")  # empty: the public hub

@@ -44,6 +44,7 @@ portal_patterns = (
         path("organizations/<slug:slug>/switch/", views.organization_switch, name="org_switch"),
         path("keys/", views.api_key_list, name="api_keys"),
         path("keys/<id:pk>/revoke/", views.api_key_revoke, name="api_key_revoke"),
+        path("keys/hub-token/", views.hub_token_set, name="hub_token"),
         path("members/", views.member_list, name="members"),
         path("members/<id:pk>/role/", views.member_update, name="member_update"),
         path("members/<id:pk>/remove/", views.member_remove, name="member_remove"),
@@ -55,6 +56,7 @@ portal_patterns = (
 
 api_v1 = [
     path("me", api.me, name="me"),
+    path("hub-token", api.hub_token, name="hub-token"),
     path("regions", deployments_api.region_list, name="regions"),
     path("gpu-types", deployments_api.gpu_type_list, name="gpu-types"),
     path("capacity", deployments_api.capacity, name="capacity"),

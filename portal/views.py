@@ -176,6 +176,23 @@ def api_key_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("portal:api_keys")
 
 
+@org_required
+@require_POST
+def hub_token_set(request: HttpRequest) -> HttpResponse:
+    require(request.membership, "keys.manage")
+    try:
+        services.organization_hub_token_set(
+            organization=request.org, token=request.POST.get("token", "")
+        )
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(
+            request, "Hub token saved." if request.org.hub_token_encrypted else "Hub token removed."
+        )
+    return redirect("portal:api_keys")
+
+
 # --- Members and invitations ------------------------------------------------------------
 
 

@@ -134,6 +134,7 @@ for _name in (
     "deployments:stop",
     "deployments:start",
     "deployments:delete",
+    "deployments:weights_retry",
 ):
     register(_name, ("GET",) if _name == "deployments:detail" else ("POST",), _deployment)
 register("deployments:replica_logs", ("GET",), _replica)
@@ -142,6 +143,7 @@ register("api:deployment-scale", ("POST",), _deployment, api=True)
 register("api:deployment-stop", ("POST",), _deployment, api=True)
 register("api:deployment-start", ("POST",), _deployment, api=True)
 register("api:deployment-events", ("GET",), _deployment, api=True)
+register("api:deployment-weights-retry", ("POST",), _deployment, api=True)
 
 
 def _replica_api(org: Organization, member):

@@ -29,6 +29,9 @@ class ReplicaSpec:
     node_config: dict = field(default_factory=dict)
     # Which of the node's GPUs are the replica's (placement's indices, 0-based).
     gpu_indices: tuple[int, ...] = ()
+    # The hub token of an engine that downloads its weights itself (HF_TOKEN in its
+    # environment, never its argv); kept out of repr so it never reaches a log.
+    hub_token: str = field(default="", repr=False)
 
     @property
     def name(self) -> str:

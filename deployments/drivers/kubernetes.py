@@ -92,7 +92,17 @@ def render_manifests(spec: ReplicaSpec, config: dict) -> tuple[dict, dict, dict]
         {"name": "HOME", "value": POD_TMP},
         {"name": "HF_HOME", "value": f"{POD_TMP}/hf"},
         {"name": KEY_ENV, "valueFrom": from_secret},
-        *({"name": name, "valueFrom": from_secret} for name in launch.env),
+        *({"name": name, "valueFrom": from_secret} for name in launch.env if name != "HF_TOKEN"),
+        *(
+            [
+                {
+                    "name": "HF_TOKEN",
+                    "valueFrom": {"secretKeyRef": {"name": spec.name, "key": "hf-token"}},
+                }
+            ]
+            if "HF_TOKEN" in launch.env
+            else []
+        ),
     ]
     # Requests and limits alike, so a replica cannot take its neighbours' CPU or memory.
     cpu, memory = str(config.get("cpu", "4")), str(config.get("memory", "16Gi"))
@@ -181,7 +191,7 @@ def render_manifests(spec: ReplicaSpec, config: dict) -> tuple[dict, dict, dict]
         "kind": "Secret",
         "metadata": {"name": spec.name, "namespace": namespace, "labels": labels},
         "type": "Opaque",
-        "stringData": {"api-key": key},
+        "stringData": {"api-key": key, **({"hf-token": spec.hub_token} if spec.hub_token else {})},
     }
     return deployment, service, secret
 

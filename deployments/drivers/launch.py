@@ -72,12 +72,14 @@ def engine_launch(
     # The name clients (the gateway) ask for; the engine answers with it too, instead of
     # the file path it loaded (which would tell a tenant about the node's folders).
     name = spec.deployment_name
+    # An engine that downloads its weights reads the hub token from HF_TOKEN.
+    hub = {"HF_TOKEN": spec.hub_token} if spec.hub_token else {}
     if spec.engine == "llama.cpp":
         return Launch([*argv, "--model_alias", name], {"API_KEY": key})
     if spec.engine == "vllm":
-        return Launch([*argv, "--served-model-name", name], {"VLLM_API_KEY": key})
+        return Launch([*argv, "--served-model-name", name], {"VLLM_API_KEY": key, **hub})
     if spec.engine == "sglang":
-        return Launch([*argv, "--served-model-name", name, "--api-key", key])
+        return Launch([*argv, "--served-model-name", name, "--api-key", key], hub)
     raise DriverError(f"unknown engine {spec.engine!r}")
 
 

@@ -33,6 +33,7 @@ from deployments.models import (
 from deployments.selectors import committed_gpus
 from deployments.services.events import enqueue_reconcile, event
 from deployments.services.reconcile import deployment_reconcile
+from deployments.services.weights import deployment_weights_attach, hub_ref_parse
 from deployments.validation import runtime_check
 from portal.models import Organization
 
@@ -175,6 +176,9 @@ def deployment_create(
         f"created by {getattr(user, 'username', 'system')}: {desired}×{gpus} {gpu.name} "
         f"per replica, regions {', '.join(regions)}",
     )
+    weights = hub_ref_parse(deployment.model_ref)
+    if weights:
+        deployment_weights_attach(deployment=deployment, weights=weights)
     enqueue_reconcile(deployment.pk)
     return deployment
 

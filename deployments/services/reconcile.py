@@ -48,6 +48,7 @@ from deployments.placement import Unschedulable, place_replica
 from deployments.selectors import region_gpu_usage
 from deployments.services.events import event
 from deployments.services.metering import release_replica_gpus, replica_meter
+from deployments.services.weights import engine_hub_token, weights_model_path, weights_wait
 
 log = logging.getLogger("deployments.services")
 
@@ -135,7 +136,8 @@ def _spec(d: Deployment, r: Replica) -> ReplicaSpec:
         deployment_name=d.name,
         engine=d.engine,
         image=d.image,
-        model_ref=d.model_ref,
+        # Hub weights load from the replica's own region's cache.
+        model_ref=weights_model_path(d, r.region_id) or d.model_ref,
         engine_args=tuple(d.engine_args or ()),
         gpus=r.gpus,
         gpu_type=d.gpu_type.code,
@@ -143,6 +145,7 @@ def _spec(d: Deployment, r: Replica) -> ReplicaSpec:
         node_address=r.node.address,
         node_config=dict(r.node.config or {}),
         gpu_indices=tuple(r.gpu_indices or ()),
+        hub_token=engine_hub_token(d),
     )
 
 
@@ -160,6 +163,7 @@ class _Pass:
         self.result = ReconcileResult()
         self.unschedulable = ""
         self.unavailable = ""
+        self.fetching = ("", "")  # the weights' state and progress while they are fetched
 
     def driver(self, pool: GpuPool):
         if pool.pk not in self.drivers:
@@ -322,6 +326,9 @@ class _Pass:
 
     def weights_wait(self) -> str:
         """Why replicas must wait for their model files, or "" when they need not."""
+        self.fetching = weights_wait(self.d)
+        if self.fetching[0] or self.d.weights_id:
+            return self.fetching[1]
         if self.d.engine != "llama.cpp" or self.d.model_ref.startswith("demo:"):
             return ""
         path = model_file(self.d.model_ref)
@@ -418,6 +425,10 @@ class _Pass:
                 f"replicas failed {d.failure_count} times in a row; last: "
                 f"{last.exit_reason if last else 'unknown'}. Scale or start to retry."
             )
+        elif self.fetching[0] and not running and not starting:
+            failed = self.fetching[0] == "failed"
+            status = DeploymentStatus.FAILED if failed else DeploymentStatus.FETCHING
+            reason = self.fetching[1]
         elif self.unschedulable and not running and not starting:
             status, reason = DeploymentStatus.PENDING, self.unschedulable
         elif self.unschedulable:

@@ -92,6 +92,17 @@ def test_sglang_gets_its_key_through_env_expansion_not_a_literal():
     assert secret["stringData"]["api-key"] not in json.dumps(deployment)
 
 
+def test_an_engine_that_downloads_its_weights_gets_the_hub_token_from_the_secret():
+    deployment, _, secret = render_manifests(spec(hub_token="hf_orgtoken123"), {})
+    assert secret["stringData"]["hf-token"] == "hf_orgtoken123"
+    assert "hf_orgtoken123" not in json.dumps(deployment)  # only named, never inlined
+    env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    hf = next(e for e in env if e["name"] == "HF_TOKEN")
+    assert hf["valueFrom"]["secretKeyRef"]["key"] == "hf-token"
+    _, _, plain = render_manifests(spec(), {})
+    assert "hf-token" not in plain["stringData"]
+
+
 def test_pods_are_locked_down():
     deployment, _, _ = render_manifests(spec(), {})
     pod = _validate(deployment, "V1Deployment").spec.template.spec

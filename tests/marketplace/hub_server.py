@@ -18,6 +18,7 @@ class HubServer:
         self.slow: set[str] = set()  # answer after the client's timeout
         self.requests: list[str] = []
         self.fixed_etags: dict[str, str] = {}  # filename -> ETag to announce regardless
+        self.rate: dict[str, int] = {}  # repo -> bytes per second its file GETs are sent at
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -81,21 +82,71 @@ class HubServer:
                         {"X-Error-Code": "EntryNotFound"},
                         head=head,
                     )
-                start = 0
+                # Range: bytes=<start>-[<end>] (RFC 9110), as the client sends to resume.
+                start, end = 0, len(data) - 1
                 wanted = self.headers.get("Range", "")
-                if wanted.startswith("bytes="):
-                    start = int(wanted[6:].split("-")[0] or 0)
-                body = data[start:]
-                self.send_response(206 if start else 200)
+                ranged = wanted.startswith("bytes=")
+                if ranged:
+                    first, _, last = wanted[6:].partition("-")
+                    start = int(first or 0)
+                    end = min(int(last), end) if last else end
+                    if start >= len(data) and data:
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(data)}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return None
+                body = data[start : end + 1]
+                self.send_response(206 if ranged else 200)
                 self.send_header("Content-Length", str(len(body)))
+                if ranged:
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
                 etag = hub.fixed_etags.get(name) or hashlib.sha256(data).hexdigest()
                 self.send_header("ETag", f'"{etag}"')
                 self.send_header("X-Repo-Commit", hub.models[repo]["sha"])
                 self.send_header("Accept-Ranges", "bytes")
                 self.end_headers()
-                if not head:
-                    self.wfile.write(body)
+                if head:
+                    return None
+                rate = hub.rate.get(repo)
+                chunk = max(rate // 10, 1) if rate else 1 << 20
+                try:
+                    for i in range(0, len(body), chunk):
+                        self.wfile.write(body[i : i + chunk])
+                        self.wfile.flush()
+                        if rate:
+                            time.sleep(0.1)
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True  # the client went away (or was killed)
                 return None
+
+            def _tree(self, rest: str):
+                # /api/models/{owner}/{name}/tree/{revision}[/{path}]?recursive=true: the
+                # files of a revision, as snapshot_download lists them (one page, no Link).
+                repo, _, tail = rest.partition("/tree/")
+                revision = tail.split("/", 1)[0]
+                if repo not in hub.models:
+                    return self._send(
+                        404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
+                    )
+                if self._denied(repo) or self._bad_revision(repo, revision):
+                    return None
+                entries = []
+                for name, data in sorted(hub.files.get(repo, {}).items()):
+                    entry = {
+                        "type": "file",
+                        "oid": hashlib.sha1(data).hexdigest(),
+                        "size": len(data),
+                        "path": name,
+                    }
+                    if name.endswith((".safetensors", ".gguf", ".bin")):  # kept in LFS
+                        entry["lfs"] = {
+                            "oid": hashlib.sha256(data).hexdigest(),
+                            "size": len(data),
+                            "pointerSize": 134,
+                        }
+                    entries.append(entry)
+                return self._send(200, entries)
 
             def do_HEAD(self):
                 hub.requests.append("HEAD " + self.path)
@@ -111,6 +162,8 @@ class HubServer:
                 prefix = "/api/models/"
                 if not path.startswith(prefix):
                     return self._send(404, {"error": "Not found"})
+                if "/tree/" in path:
+                    return self._tree(path.removeprefix(prefix))
                 repo, _, revision = path.removeprefix(prefix).partition("/revision/")
                 if repo in hub.slow:
                     time.sleep(3)

@@ -150,9 +150,14 @@ def test_deploy_through_the_api_with_model_and_profile(catalog, org_a, api_clien
     d = Deployment.objects.get(pk=response.json()["id"])
     assert (d.engine, d.model_ref, d.gpu_type.code, d.gpus_per_replica) == (
         "sglang",
-        "Qwen/Qwen3-8B",
+        "hub:Qwen/Qwen3-8B@main",  # the snapshot, fetched into eu-west's weights cache
         "h100-80gb",
         1,
+    )
+    assert (d.weights.repo, d.weights.filename, d.weights.region.code) == (
+        "Qwen/Qwen3-8B",
+        "",
+        "eu-west",
     )
     assert d.regions == ["eu-west"]  # the region with room, chosen for the caller
     # Exactly the profile's rendered launch.
@@ -211,12 +216,50 @@ def test_deploy_page_preselects_profile_and_region_and_creates_in_one_click(
     assert d.model_ref == "demo:tiny-random-llama" and d.engine_args == ["--n_ctx", "512"]
 
 
-def test_llama_cpp_profile_without_its_file_says_where_to_put_it(
+def test_llama_cpp_profile_fetches_its_gguf_file_from_its_weights_repo(
     catalog, org_a, api_client_for, local_pool
 ):
     response = api_client_for(org_a).post(
         "/api/v1/deployments", {"model": "qwen3-8b", "profile": "cpu-q4"}, format="json"
     )
-    assert response.status_code == 400
-    assert "Qwen3-8B-Q4_K_M.gguf is not in the model folder" in response.json()["model_ref"][0]
-    assert not Deployment.objects.exists()
+    assert response.status_code == 201, response.content
+    d = Deployment.objects.get()
+    assert d.model_ref == "hub:Qwen/Qwen3-8B-GGUF@main/Qwen3-8B-Q4_K_M.gguf"
+    assert (d.weights.repo, d.weights.filename, d.weights.status) == (
+        "Qwen/Qwen3-8B-GGUF",
+        "Qwen3-8B-Q4_K_M.gguf",
+        "pending",
+    )
+    assert response.json()["weights"]["progress"].startswith("fetching weights")
+
+
+def test_where_the_pool_says_so_the_engine_downloads_the_weights_with_the_hub_token(
+    catalog, org_a, api_client_for, h100_region, settings
+):
+    from deployments.drivers.launch import engine_launch
+    from deployments.models import Replica
+    from deployments.services.reconcile import _spec
+    from deployments.services.weights import hub_token_for
+    from portal.services import organization_hub_token_set
+
+    h100_region.engine_fetches_weights = True
+    h100_region.save()
+    settings.HF_TOKEN = "hf_operatortoken"
+    response = api_client_for(org_a).post(
+        "/api/v1/deployments", {"model": "qwen3-8b", "profile": "h100-bf16"}, format="json"
+    )
+    assert response.status_code == 201, response.content
+    d = Deployment.objects.get()
+    assert d.model_ref == "Qwen/Qwen3-8B" and d.weights is None
+    replica = Replica(pk=99, deployment=d, region=h100_region.region, gpus=1, ordinal=0)
+    replica.node = h100_region.nodes.get()
+    spec = _spec(d, replica)
+    assert "hf_operatortoken" not in repr(spec)  # never in a log line
+    launch = engine_launch(spec, model_path=d.model_ref, host="10.0.0.5", port=1)
+    assert launch.env["HF_TOKEN"] == "hf_operatortoken"
+    assert not any("hf_operatortoken" in a for a in launch.argv)
+    # The organization's own token wins over the operator's.
+    organization_hub_token_set(organization=org_a, token="hf_orgtoken123")
+    assert hub_token_for(org_a) == "hf_orgtoken123"
+    org_a.refresh_from_db()
+    assert "hf_orgtoken123" not in org_a.hub_token_encrypted
