@@ -443,6 +443,7 @@ class DeploymentViewSet(viewsets.GenericViewSet):
             deployment=deployment, user=request.user, ttl_s=data.validated_data.get("ttl_s")
         )
         return Response(PlaygroundTokenOut(minted).data, status=status.HTTP_201_CREATED)
+
     @extend_schema(request=None, responses=DeploymentOut)
     @action(detail=True, methods=["post"], url_path="weights/retry")
     def weights_retry(self, request, pk=None):
