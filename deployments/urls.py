@@ -9,6 +9,7 @@ urlpatterns = [
     path("deployments/new/", views.deployment_create, name="create"),
     path("deployments/<id:pk>/", views.deployment_detail, name="detail"),
     path("deployments/<id:pk>/scale/", views.deployment_scale, name="scale"),
+    path("deployments/<id:pk>/serving/", views.deployment_serving, name="serving"),
     path("deployments/<id:pk>/stop/", views.deployment_stop, name="stop"),
     path("deployments/<id:pk>/start/", views.deployment_start, name="start"),
     path("deployments/<id:pk>/delete/", views.deployment_delete, name="delete"),

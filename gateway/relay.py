@@ -12,6 +12,7 @@ unbounded memory.
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -86,19 +87,22 @@ class Relay:
     def stream(
         self,
         upstream: aiohttp.ClientResponse,
-        done: Callable[[dict | None, int], Awaitable[None]],
+        done: Callable[[dict | None, int, tuple[float, float] | None], Awaitable[None]],
     ) -> AsyncIterator[bytes]:
         """The engine's answer, chunk by chunk as it comes. The engine is read by a task of
         its own, to the end, whatever the client does: if the client walks away half-way,
         the rest is still read — the engine's final usage event, or the tokens counted —
-        and `done(usage, tokens)` still runs. That is what makes an aborted stream
-        metered. The task starts now, not when the client starts reading, so it runs even
-        if the client is gone before the first byte."""
+        and `done(usage, tokens, (first, last))` still runs, with the clock
+        (`time.perf_counter`) when the first and the last token arrived (None without
+        any). That is what makes an aborted stream metered. The task starts now, not when
+        the client starts reading, so it runs even if the client is gone before the first
+        byte."""
         queue: asyncio.Queue = asyncio.Queue()
         limit = max_answer_bytes()
 
         async def pump() -> None:
             buffer, usage, tokens = b"", None, 0
+            first = last = 0.0
             try:
                 async for chunk in upstream.content.iter_any():
                     buffer += chunk
@@ -109,11 +113,14 @@ class Relay:
                     for line in lines:
                         found, n = read_event(line)
                         usage, tokens = found or usage, tokens + n
+                        if n:
+                            last = time.perf_counter()
+                            first = first or last
                     queue.put_nowait(chunk)
             finally:
                 queue.put_nowait(None)
                 upstream.release()
-                await done(usage, tokens)
+                await done(usage, tokens, (first, last) if first else None)
 
         task = asyncio.get_running_loop().create_task(pump())
         self.pumps.add(task)
