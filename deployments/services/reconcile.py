@@ -117,10 +117,15 @@ class ReconcileResult:
     actions: list[str] = field(default_factory=list)
 
 
-def _probe(url: str, replica_id: int) -> bool:
+def _probe(url: str, replica_id: int, engine: str = "") -> bool:
     # With the replica's key, as the gateway calls it (engines refuse callers without it).
     # The URL is the driver's own (http://<node address>:<port>), never a tenant's.
-    request = urllib.request.Request(f"{url}/v1/models", headers=engine_auth_headers(replica_id))  # noqa: S310
+    # llama.cpp's Python server serves every authenticated route, /v1/models too, under
+    # its model lock, and a request waiting on that lock cuts the stream being generated
+    # short: its probe is the schema page, which takes no lock (the model is loaded
+    # before the server listens).
+    path = "/openapi.json" if engine == "llama.cpp" else "/v1/models"
+    request = urllib.request.Request(f"{url}{path}", headers=engine_auth_headers(replica_id))  # noqa: S310
     try:
         with urllib.request.urlopen(request, timeout=3) as response:  # noqa: S310
             return response.status == 200
@@ -245,7 +250,7 @@ class _Pass:
             if status.state != "running":
                 self.fail(r, status.detail or status.state)
                 continue
-            healthy = _probe(r.url, r.pk)
+            healthy = _probe(r.url, r.pk, self.d.engine)
             if r.status == ReplicaStatus.STARTING:
                 if healthy:
                     now = timezone.now()
