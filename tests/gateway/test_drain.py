@@ -92,7 +92,7 @@ def test_scale_down_drains_a_replica_and_drops_no_request_in_flight(
     for t in threads:
         t.join(timeout=240)
     assert sorted(r[0] for r in results) == [0, 1]
-    for i, status, done, finish, chars in results:
+    for _i, status, done, finish, chars in results:
         assert (status, done, finish) == (200, True, "length"), results
         assert chars > 0
     assert gw.router.in_flight[leaving.pk] == 0
