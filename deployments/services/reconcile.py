@@ -298,11 +298,15 @@ class _Pass:
             order = sorted(active, key=lambda r: (r.status == ReplicaStatus.RUNNING, -r.ordinal))
             why = "deployment deleted" if d.deleted_at else f"scaled to {target}"
             for r in order[: len(active) - target]:
+                reason = why
                 if r.status == ReplicaStatus.RUNNING and not d.deleted_at:
-                    replica_drain(d, r, why)  # observe() stops it once drained
-                    self.requeue(2)
-                else:
-                    self.stop(r, why)
+                    replica_drain(d, r, why)
+                    done, how = drain_state(r, now=timezone.now())
+                    if not done:  # observe() stops it once drained
+                        self.requeue(2)
+                        continue
+                    reason = f"{why}; {how}"
+                self.stop(r, reason)
             return
         missing = target - len(active)
         if missing <= 0:
