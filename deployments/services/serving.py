@@ -62,7 +62,7 @@ def deployment_serving_update(
     values: dict = {}
     if routing_policy is not UNSET:
         values["routing_policy"] = _choice(errors, "routing_policy", routing_policy, RoutingPolicy)
-    metric = d.autoscale_metric
+    metric: str | None = d.autoscale_metric
     if autoscale_metric is not UNSET:
         metric = _choice(errors, "autoscale_metric", autoscale_metric, AutoscaleMetric)
         values["autoscale_metric"] = metric
