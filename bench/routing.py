@@ -268,10 +268,12 @@ def run_policy(d, policy, base, key, seed) -> dict:
 
 def autoscale_trace(d, base, key) -> tuple[list, float]:
     """Load low → high → low; autoscaler every 3 s, reconciler every second."""
-    from deployments.models import Deployment
+    from deployments.models import Deployment, DeploymentLoad
     from deployments.services import autoscale, deployment_reconcile
 
     restart_cold(d, 1)
+    # What the gateway reported during the policy runs is over: start the trace at rest.
+    DeploymentLoad.objects.filter(deployment=d).update(in_flight=0, recommendations=[])
     Deployment.objects.filter(pk=d.pk).update(
         autoscale_target=2,
         autoscale_metric="in_flight",

@@ -68,6 +68,8 @@ def engine_signals_scrape(*, now=None) -> int:
     """Read the queue and KV-cache gauges of every running replica whose engine has them;
     the number of replicas read."""
     now = now or timezone.now()
+    # Reports of gateway processes long gone (restarts name themselves anew).
+    ReplicaLoad.objects.filter(updated_at__lt=now - timedelta(hours=1)).delete()
     stale = now - timedelta(seconds=3 * settings.ENGINE_SIGNALS_INTERVAL_S)
     Replica.objects.filter(signals_at__lt=stale).update(
         queue_depth=None, kv_cache_usage=None, signals_at=None

@@ -288,7 +288,7 @@ def test_another_organizations_deployment_answers_404(org_a, org_b, local_pool, 
 
 
 def test_streams_report_ttft_and_inter_token_latency_per_replica(
-    gateway, upstreams, org_a, local_pool, api_client_for, settings
+    gateway, upstreams, org_a, local_pool, api_client_for, settings, web_client
 ):
     import urllib.request
 
@@ -307,6 +307,9 @@ def test_streams_report_ttft_and_inter_token_latency_per_replica(
     assert traffic["itl_p50_ms"] in (50, 75) and traffic["ttft_p50_ms"] is not None
     [replica] = traffic["replicas"]
     assert replica["replica"] == d.replicas.get().pk and replica["requests"] == 3
+    page = web_client(owner_of(org_a), org_a).get(f"/deployments/{d.pk}/").content.decode()
+    assert "TTFT p50" in page and "inter-token p95" in page
+    assert f"r{replica['replica']}" in page  # the per-replica row
     scrape = urllib.request.Request(f"{base}/metrics", headers={"Authorization": "Bearer scrape"})
     text = urllib.request.urlopen(scrape).read().decode()
     assert "gantry_gateway_inter_token_latency_seconds_bucket{" in text
