@@ -8,7 +8,14 @@ from rest_framework.response import Response
 from billing.selectors import gpu_hour_prices
 from deployments import flags, selectors, services
 from deployments.access import access_deployment, access_replica
-from deployments.models import Deployment, DeploymentEvent, GpuType, Replica, WeightsFetch
+from deployments.models import (
+    LIVE_REPLICA_STATUSES,
+    Deployment,
+    DeploymentEvent,
+    GpuType,
+    Replica,
+    WeightsFetch,
+)
 from deployments.placement import capacity_by_region_and_type
 from deployments.playground import playground_token_mint
 from deployments.services.weights import deployment_weights_retry
@@ -139,7 +146,11 @@ class DeploymentOut(serializers.ModelSerializer):
             "desired_replicas",
             "regions",
             "autoscale_target",
+            "autoscale_metric",
+            "scale_up_window_s",
+            "scale_down_window_s",
             "scale_to_zero_after_s",
+            "routing_policy",
             "replicas",
             "weights",
             "created_at",
@@ -153,7 +164,7 @@ class DeploymentOut(serializers.ModelSerializer):
         replicas = getattr(d, "live_replicas", None)
         if replicas is None:
             replicas = (
-                d.replicas.filter(status__in=["pending", "starting", "running", "stopping"])
+                d.replicas.filter(status__in=LIVE_REPLICA_STATUSES)
                 .select_related("region", "pool", "node")
                 .order_by("ordinal")
             )
@@ -183,7 +194,39 @@ class EventOut(serializers.ModelSerializer):
         fields = ["at", "kind", "message", "replica"]
 
 
+class LatencyOut(serializers.Serializer):
+    ttft_p50_ms = serializers.IntegerField(allow_null=True)
+    ttft_p95_ms = serializers.IntegerField(allow_null=True)
+    itl_p50_ms = serializers.IntegerField(allow_null=True)
+    itl_p95_ms = serializers.IntegerField(allow_null=True)
+    requests_per_s = serializers.FloatField()
+    tokens_per_s = serializers.FloatField()
+
+
+class ReplicaTrafficOut(LatencyOut):
+    replica = serializers.IntegerField()
+    requests = serializers.IntegerField()
+
+
+class TrafficOut(LatencyOut):
+    requests = serializers.IntegerField()
+    errors = serializers.IntegerField()
+    p50_ms = serializers.IntegerField(allow_null=True)
+    p95_ms = serializers.IntegerField(allow_null=True)
+    replicas = ReplicaTrafficOut(many=True)
+
+
 # --- Input ----------------------------------------------------------------------------
+
+
+class ServingIn(serializers.Serializer):
+    """Only parses: the service checks every value (choices, ranges) and names the field."""
+
+    routing_policy = serializers.JSONField(required=False)
+    autoscale_metric = serializers.JSONField(required=False)
+    autoscale_target = serializers.JSONField(required=False)
+    scale_up_window_s = serializers.JSONField(required=False)
+    scale_down_window_s = serializers.JSONField(required=False)
 
 
 # Fields that describe the engine itself. With a deployment source (`model`, `build`) the
@@ -413,6 +456,30 @@ class DeploymentViewSet(viewsets.GenericViewSet):
         data.is_valid(raise_exception=True)
         services.deployment_scale(deployment=deployment, replicas=data.validated_data["replicas"])
         return Response(DeploymentOut(access_deployment(request.org, pk)).data)
+
+    @extend_schema(request=ServingIn, responses=DeploymentOut)
+    @action(detail=True, methods=["post"])
+    def serving(self, request, pk=None):
+        deployment = access_deployment(request.org, pk)
+        require(request.membership, "deployments.manage")
+        data = ServingIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        unknown = (
+            sorted(set(request.data) - set(ServingIn().fields))
+            if isinstance(request.data, dict)
+            else ["non_field_errors"]
+        )
+        if unknown:
+            return Response({k: ["Not a serving setting."] for k in unknown}, status=400)
+        services.deployment_serving_update(deployment=deployment, **data.validated_data)
+        return Response(DeploymentOut(access_deployment(request.org, pk)).data)
+
+    @extend_schema(responses=TrafficOut)
+    @action(detail=True, methods=["get"])
+    def traffic(self, request, pk=None):
+        require(request.membership, "deployments.view")
+        deployment = access_deployment(request.org, pk)
+        return Response(TrafficOut(selectors.traffic_summary(deployment=deployment)).data)
 
     @extend_schema(request=None, responses=DeploymentOut)
     @action(detail=True, methods=["post"])

@@ -48,8 +48,18 @@ def _vocab() -> tuple[list[bytes], list[float], list[int]]:
     return tokens, scores, types
 
 
-def write_demo_gguf(path: Path, seed: int = 0) -> Path:
-    """Write the demo model to ``path`` (idempotent: an existing file is kept)."""
+def write_demo_gguf(
+    path: Path,
+    seed: int = 0,
+    *,
+    embd: int = N_EMBD,
+    layers: int = N_LAYER,
+    ff: int = N_FF,
+    ctx: int = N_CTX,
+) -> Path:
+    """Write the demo model to ``path`` (idempotent: an existing file is kept). A larger
+    shape (benchmarks: prompts that take a CPU measurable time to read) is the same random
+    llama, bigger."""
     import gguf
 
     path = Path(path)
@@ -61,15 +71,15 @@ def write_demo_gguf(path: Path, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     tokens, scores, types = _vocab()
     n_vocab = len(tokens)
-    head_dim = N_EMBD // N_HEAD
+    head_dim = embd // N_HEAD
 
     w = gguf.GGUFWriter(str(tmp), "llama")
     w.add_name(DEMO_MODEL_NAME)
     w.add_description(DEMO_MODEL_LABEL)
-    w.add_context_length(N_CTX)
-    w.add_embedding_length(N_EMBD)
-    w.add_block_count(N_LAYER)
-    w.add_feed_forward_length(N_FF)
+    w.add_context_length(ctx)
+    w.add_embedding_length(embd)
+    w.add_block_count(layers)
+    w.add_feed_forward_length(ff)
     w.add_head_count(N_HEAD)
     w.add_head_count_kv(N_HEAD_KV)
     w.add_rope_dimension_count(head_dim)
@@ -88,19 +98,19 @@ def write_demo_gguf(path: Path, seed: int = 0) -> Path:
     def t(name: str, *shape: int) -> None:
         w.add_tensor(name, (rng.standard_normal(shape) * 0.02).astype(np.float32))
 
-    t("token_embd.weight", n_vocab, N_EMBD)
-    for i in range(N_LAYER):
-        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-        t(f"blk.{i}.attn_q.weight", N_EMBD, N_EMBD)
-        t(f"blk.{i}.attn_k.weight", N_HEAD_KV * head_dim, N_EMBD)
-        t(f"blk.{i}.attn_v.weight", N_HEAD_KV * head_dim, N_EMBD)
-        t(f"blk.{i}.attn_output.weight", N_EMBD, N_EMBD)
-        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-        t(f"blk.{i}.ffn_gate.weight", N_FF, N_EMBD)
-        t(f"blk.{i}.ffn_up.weight", N_FF, N_EMBD)
-        t(f"blk.{i}.ffn_down.weight", N_EMBD, N_FF)
-    w.add_tensor("output_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-    t("output.weight", n_vocab, N_EMBD)
+    t("token_embd.weight", n_vocab, embd)
+    for i in range(layers):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(embd, dtype=np.float32))
+        t(f"blk.{i}.attn_q.weight", embd, embd)
+        t(f"blk.{i}.attn_k.weight", N_HEAD_KV * head_dim, embd)
+        t(f"blk.{i}.attn_v.weight", N_HEAD_KV * head_dim, embd)
+        t(f"blk.{i}.attn_output.weight", embd, embd)
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(embd, dtype=np.float32))
+        t(f"blk.{i}.ffn_gate.weight", ff, embd)
+        t(f"blk.{i}.ffn_up.weight", ff, embd)
+        t(f"blk.{i}.ffn_down.weight", embd, ff)
+    w.add_tensor("output_norm.weight", np.ones(embd, dtype=np.float32))
+    t("output.weight", n_vocab, embd)
 
     w.write_header_to_file()
     w.write_kv_data_to_file()

@@ -274,6 +274,7 @@ SGLANG_0_5 = (
     _f("--schedule-conservativeness", 0.01, 10, "How cautious admission is.", tunable=True),
     _c("--kv-cache-dtype", ("auto", "fp8_e5m2", "fp8_e4m3"), "KV cache data type.", tunable=True),
     _b("--disable-radix-cache", "Turn prefix caching off.", "switch", tunable=True),
+    _b("--enable-metrics", "Serve Prometheus metrics (queue, KV-cache use).", "switch"),
     _b("--disable-cuda-graph", "Run without CUDA graphs.", "switch", tunable=True),
     _i("--cuda-graph-max-bs", 1, 1024, "Largest batch captured in CUDA graphs.", tunable=True),
     _b("--enable-torch-compile", "Compile the model with torch.compile.", "switch"),

@@ -204,6 +204,18 @@ class WeightsFetch(models.Model):
         )
 
 
+class RoutingPolicy(models.TextChoices):
+    LEAST_BUSY = "least_busy", "Least busy"
+    PREFIX_AFFINITY = "prefix_affinity", "Prefix affinity"
+
+
+class AutoscaleMetric(models.TextChoices):
+    IN_FLIGHT = "in_flight", "Requests in flight per replica"
+    QUEUE_DEPTH = "queue_depth", "Engine queue depth per replica"
+    KV_CACHE = "kv_cache", "Engine KV-cache use (%)"
+    TTFT_P95 = "ttft_p95", "Time to first token p95 (ms SLO)"
+
+
 class Deployment(models.Model):
     organization = models.ForeignKey(
         Organization, on_delete=models.CASCADE, related_name="deployments"
@@ -226,6 +238,18 @@ class Deployment(models.Model):
     )
     scale_to_zero_after_s = models.PositiveIntegerField(
         null=True, blank=True, help_text="Scale to zero after this long without requests."
+    )
+    # What `autoscale_target` counts: in-flight requests (the gateway's count), the
+    # engine's own queue or KV-cache use (scraped from its metrics), or a TTFT p95 SLO.
+    autoscale_metric = models.CharField(
+        max_length=16, choices=AutoscaleMetric.choices, default=AutoscaleMetric.IN_FLIGHT
+    )
+    # Stabilisation: a change is made only once every recommendation over the window
+    # agrees (up: the lowest of them, down: the highest), so the count does not flap.
+    scale_up_window_s = models.PositiveIntegerField(default=0)
+    scale_down_window_s = models.PositiveIntegerField(default=20)
+    routing_policy = models.CharField(
+        max_length=16, choices=RoutingPolicy.choices, default=RoutingPolicy.LEAST_BUSY
     )
     asleep = models.BooleanField(
         default=False,
@@ -304,13 +328,15 @@ class ReplicaStatus(models.TextChoices):
     PENDING = "pending", "Pending"  # placed (GPUs held), not started yet
     STARTING = "starting", "Starting"
     RUNNING = "running", "Running"
+    # No new requests are routed to it; it stops once those in flight have finished.
+    DRAINING = "draining", "Draining"
     STOPPING = "stopping", "Stopping"
     FAILED = "failed", "Failed"
     STOPPED = "stopped", "Stopped"
 
 
 ACTIVE_REPLICA_STATUSES = (ReplicaStatus.PENDING, ReplicaStatus.STARTING, ReplicaStatus.RUNNING)
-LIVE_REPLICA_STATUSES = (*ACTIVE_REPLICA_STATUSES, ReplicaStatus.STOPPING)
+LIVE_REPLICA_STATUSES = (*ACTIVE_REPLICA_STATUSES, ReplicaStatus.DRAINING, ReplicaStatus.STOPPING)
 
 
 class Replica(models.Model):
@@ -336,13 +362,19 @@ class Replica(models.Model):
     stopped_at = models.DateTimeField(null=True, blank=True)
     # How far this replica's GPU time is in the usage ledger.
     metered_until = models.DateTimeField(null=True, blank=True)
+    drain_started_at = models.DateTimeField(null=True, blank=True)
+    # The engine's own load, scraped from its Prometheus metrics where it has them (vLLM,
+    # SGLang); null where it has none.
+    queue_depth = models.FloatField(null=True, blank=True)
+    kv_cache_usage = models.FloatField(null=True, blank=True, help_text="0..1")
+    signals_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
             # Two reconcilers can never both fill the same slot.
             models.UniqueConstraint(
                 fields=["deployment", "ordinal"],
-                condition=Q(status__in=["pending", "starting", "running", "stopping"]),
+                condition=Q(status__in=["pending", "starting", "running", "draining", "stopping"]),
                 name="replica_slot_unique_while_live",
             )
         ]
@@ -379,6 +411,9 @@ class DeploymentLoad(models.Model):
     in_flight = models.FloatField(default=0.0, help_text="Average requests in flight.")
     last_request_at = models.DateTimeField(null=True, blank=True)
     wake_requested_at = models.DateTimeField(null=True, blank=True)
+    # The autoscaler's recent recommendations, [[unix time, replicas], ...], over the
+    # longer of the deployment's stabilisation windows.
+    recommendations = models.JSONField(default=list, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
@@ -386,6 +421,26 @@ class DeploymentLoad(models.Model):
 
 
 LATENCY_BUCKETS_MS = [50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000]
+TTFT_BUCKETS_MS = [25, 50, 100, 200, 350, 500, 750, 1000, 1500, 2500, 5000, 10000, 30000]
+ITL_BUCKETS_MS = [5, 10, 20, 35, 50, 75, 100, 150, 250, 500, 1000]
+
+
+class ReplicaLoad(models.Model):
+    """Requests one gateway process has in flight on one replica, as it last reported.
+    A draining replica stops once every gateway that reported lately has none left."""
+
+    replica = models.ForeignKey(Replica, on_delete=models.CASCADE, related_name="gateway_loads")
+    gateway = models.CharField(max_length=64)
+    in_flight = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["replica", "gateway"], name="replica_load_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.replica_id}@{self.gateway}: {self.in_flight}"
 
 
 class TrafficMinute(models.Model):
@@ -398,6 +453,12 @@ class TrafficMinute(models.Model):
     tokens = models.PositiveBigIntegerField(default=0)
     # Counts per LATENCY_BUCKETS_MS upper bound, plus one for slower.
     latency_buckets = models.JSONField(default=list)
+    # Streams only: time to first token and mean inter-token latency per request, counts
+    # per TTFT_BUCKETS_MS / ITL_BUCKETS_MS bound plus one for slower.
+    ttft_buckets = models.JSONField(default=list, blank=True)
+    itl_buckets = models.JSONField(default=list, blank=True)
+    # The same per replica: {"<replica id>": {"requests", "tokens", "ttft", "itl"}}.
+    per_replica = models.JSONField(default=dict, blank=True)
 
     class Meta:
         constraints = [

@@ -11,8 +11,10 @@ from django.utils import timezone
 from billing.plans import quota_get_or_create
 from billing.selectors import month_spend_cents
 from deployments.models import (
+    ITL_BUCKETS_MS,
     LATENCY_BUCKETS_MS,
     LIVE_REPLICA_STATUSES,
+    TTFT_BUCKETS_MS,
     Deployment,
     DeploymentEvent,
     DeploymentStatus,
@@ -150,36 +152,90 @@ def quota_usage(*, org: Organization) -> list[dict]:
     return rows
 
 
+def bucket_quantile(bounds: list, counts: list[int], q: float):
+    """The upper bound (ms) of the bucket holding quantile `q`; None without counts or
+    past the last bound."""
+    total = sum(counts)
+    if not total:
+        return None
+    seen = 0
+    for i, n in enumerate(counts):
+        seen += n
+        if seen >= q * total:
+            return bounds[i] if i < len(bounds) else None
+    return None
+
+
+def _sum_counts(rows) -> list[int]:
+    out: list[int] = []
+    for counts in rows:
+        counts = counts or []
+        if len(out) < len(counts):
+            out += [0] * (len(counts) - len(out))
+        for i, n in enumerate(counts):
+            out[i] += n
+    return out
+
+
+def _latency(ttft: list[int], itl: list[int]) -> dict:
+    return {
+        "ttft_p50_ms": bucket_quantile(TTFT_BUCKETS_MS, ttft, 0.5),
+        "ttft_p95_ms": bucket_quantile(TTFT_BUCKETS_MS, ttft, 0.95),
+        "itl_p50_ms": bucket_quantile(ITL_BUCKETS_MS, itl, 0.5),
+        "itl_p95_ms": bucket_quantile(ITL_BUCKETS_MS, itl, 0.95),
+    }
+
+
+def ttft_recent(*, deployment: Deployment, now=None, minutes: int = 2) -> dict:
+    """TTFT p95 and how many answers it is over, for the last few minutes (the autoscaler's
+    SLO signal)."""
+    now = now or timezone.now()
+    rows = TrafficMinute.objects.filter(
+        deployment=deployment, minute__gte=now - timedelta(minutes=minutes), minute__lte=now
+    ).values_list("ttft_buckets", flat=True)
+    counts = _sum_counts(rows)
+    return {"count": sum(counts), "p95_ms": bucket_quantile(TTFT_BUCKETS_MS, counts, 0.95)}
+
+
 def traffic_summary(*, deployment: Deployment, minutes: int = 60) -> dict:
-    """Requests/s, p50/p95 latency and tokens/s over the last hour, from the gateway."""
+    """Requests/s, p50/p95 latency, TTFT and inter-token latency and tokens/s over the last
+    hour, from the gateway; the same per replica."""
     since = timezone.now() - timedelta(minutes=minutes)
     rows = list(
         TrafficMinute.objects.filter(deployment=deployment, minute__gte=since).order_by("minute")
     )
-    buckets = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+    buckets = _sum_counts(r.latency_buckets for r in rows)
+    seconds = minutes * 60
+    per: dict[str, dict] = {}
     for r in rows:
-        for i, n in enumerate(r.latency_buckets or []):
-            buckets[i] += n
-    total = sum(buckets)
-
-    def quantile(q: float):
-        if not total:
-            return None
-        seen = 0
-        for i, n in enumerate(buckets):
-            seen += n
-            if seen >= q * total:
-                return LATENCY_BUCKETS_MS[i] if i < len(LATENCY_BUCKETS_MS) else None
-        return None
-
+        for replica_id, p in (r.per_replica or {}).items():
+            into = per.setdefault(replica_id, {"requests": 0, "tokens": 0, "ttft": [], "itl": []})
+            into["requests"] += p.get("requests", 0)
+            into["tokens"] += p.get("tokens", 0)
+            into["ttft"] = _sum_counts([into["ttft"], p.get("ttft")])
+            into["itl"] = _sum_counts([into["itl"], p.get("itl")])
+    replicas = [
+        {
+            "replica": int(replica_id),
+            "requests": p["requests"],
+            "requests_per_s": round(p["requests"] / seconds, 3),
+            "tokens_per_s": round(p["tokens"] / seconds, 2),
+            **_latency(p["ttft"], p["itl"]),
+        }
+        for replica_id, p in sorted(per.items(), key=lambda kv: int(kv[0]))
+    ]
     requests = sum(r.requests for r in rows)
     return {
         "requests": requests,
         "errors": sum(r.errors for r in rows),
-        "requests_per_s": round(requests / (minutes * 60), 3),
-        "tokens_per_s": round(sum(r.tokens for r in rows) / (minutes * 60), 2),
-        "p50_ms": quantile(0.5),
-        "p95_ms": quantile(0.95),
+        "requests_per_s": round(requests / seconds, 3),
+        "tokens_per_s": round(sum(r.tokens for r in rows) / seconds, 2),
+        "p50_ms": bucket_quantile(LATENCY_BUCKETS_MS, buckets, 0.5),
+        "p95_ms": bucket_quantile(LATENCY_BUCKETS_MS, buckets, 0.95),
+        **_latency(
+            _sum_counts(r.ttft_buckets for r in rows), _sum_counts(r.itl_buckets for r in rows)
+        ),
+        "replicas": replicas,
         "series": [[int(r.minute.timestamp()), r.requests] for r in rows],
     }
 

@@ -64,6 +64,13 @@ def autoscale_deployments() -> int:
 
 
 @shared_task(acks_late=True)
+def scrape_engine_signals() -> int:
+    from deployments.services import engine_signals_scrape
+
+    return engine_signals_scrape()
+
+
+@shared_task(acks_late=True)
 def prune_events() -> int:
     from deployments.services import events_prune
 

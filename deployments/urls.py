@@ -12,6 +12,7 @@ urlpatterns = [
     path(
         "deployments/<id:pk>/weights/retry/", views.deployment_weights_retry, name="weights_retry"
     ),
+    path("deployments/<id:pk>/serving/", views.deployment_serving, name="serving"),
     path("deployments/<id:pk>/stop/", views.deployment_stop, name="stop"),
     path("deployments/<id:pk>/start/", views.deployment_start, name="start"),
     path("deployments/<id:pk>/delete/", views.deployment_delete, name="delete"),

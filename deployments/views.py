@@ -16,6 +16,7 @@ from deployments import selectors, services
 from deployments.access import access_deployment, access_replica
 from deployments.flags import flag_tables
 from deployments.forms import DeploymentForm, ScaleForm
+from deployments.models import LIVE_REPLICA_STATUSES, AutoscaleMetric, RoutingPolicy
 from deployments.placement import capacity_by_region_and_type
 from deployments.playground import playground_token_mint
 from deployments.services.weights import deployment_weights_retry as weights_retry
@@ -74,7 +75,7 @@ def _form_errors(exc: ValidationError) -> ValidationError:
 def _detail_context(request: HttpRequest, deployment) -> dict:
     deployment = access_deployment(request.org, deployment.pk)
     replicas = list(
-        deployment.replicas.filter(status__in=["pending", "starting", "running", "stopping"])
+        deployment.replicas.filter(status__in=LIVE_REPLICA_STATUSES)
         .select_related("region", "pool", "node")
         .order_by("ordinal")
     )
@@ -92,6 +93,9 @@ def _detail_context(request: HttpRequest, deployment) -> dict:
         and can(request.membership.role, "playground.use"),
         "gateway_base": f"{settings.GATEWAY_URL}/v1",
         "max_tokens_limit": settings.GATEWAY_MAX_TOKENS,
+        "routing_policies": RoutingPolicy.choices,
+        "autoscale_metrics": AutoscaleMetric.choices,
+        "autoscale_meaning": services.target_meaning(deployment),
     }
 
 
@@ -128,6 +132,30 @@ def deployment_scale(request: HttpRequest, pk: int) -> HttpResponse:
         )
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
+    return _after_action(request, deployment)
+
+
+SERVING_FIELDS = (
+    "routing_policy",
+    "autoscale_metric",
+    "autoscale_target",
+    "scale_up_window_s",
+    "scale_down_window_s",
+)
+
+
+@org_required
+@require_POST
+def deployment_serving(request: HttpRequest, pk: int) -> HttpResponse:
+    deployment = access_deployment(request.org, pk)
+    require(request.membership, "deployments.manage")
+    given = {k: request.POST[k] for k in SERVING_FIELDS if k in request.POST}
+    try:
+        deployment = services.deployment_serving_update(deployment=deployment, **given)
+        messages.success(request, "Serving settings saved.")
+    except ValidationError as exc:
+        for field, errors in exc.message_dict.items():
+            messages.error(request, f"{field}: {' '.join(errors)}")
     return _after_action(request, deployment)
 
 

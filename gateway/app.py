@@ -42,19 +42,31 @@ class Gateway:
         self.limiter = Limiter()
         self.relay = Relay()
         self.meter = Meter()
-        self.load = Load()
         self.metrics = Metrics()
+        self.load = Load(self.metrics)
         self.tasks: set[asyncio.Task] = set()  # bookkeeping still under way (see `spawn`)
 
     def begin(self, route: Route, target: Target) -> None:
         self.router.in_flight[target.replica_id] += 1
         self.load.in_flight[route.deployment_id] += 1
+        self.load.replicas[target.replica_id] += 1
+        self.load.organizations.add(route.organization_id)
         self.metrics.in_flight.labels(str(target.replica_id)).inc()
 
     def end(self, route: Route, target: Target) -> None:
         self.router.in_flight[target.replica_id] -= 1
         self.load.in_flight[route.deployment_id] -= 1
+        self.load.replicas[target.replica_id] -= 1
         self.metrics.in_flight.labels(str(target.replica_id)).dec()
+
+    def observe_latency(
+        self, route: Route, target: Target, ttft: float | None, itl: float | None
+    ) -> None:
+        labels = (str(route.deployment_id), route.name, str(target.replica_id))
+        if ttft is not None:
+            self.metrics.ttft.labels(*labels).observe(ttft)
+        if itl is not None:
+            self.metrics.itl.labels(*labels).observe(itl)
 
     def spawn(self, work) -> None:
         """Run `work` off the request path; shutdown waits for it like for a stream."""
@@ -74,6 +86,8 @@ class Gateway:
         body: dict,
         streamed_tokens: int | None = None,
         answer: dict | None = None,
+        ttft: float | None = None,
+        itl: float | None = None,
     ) -> tuple[int, int]:
         """Account for a finished (or aborted) answer: the engine's usage when it reported
         a sane one, else the tokens counted (`counting`). An answer the engine refused
@@ -97,7 +111,15 @@ class Gateway:
         self.metrics.tokens.labels(route.name, "input").inc(prompt)
         self.metrics.tokens.labels(route.name, "output").inc(completion)
         seconds = time.perf_counter() - started
-        self.load.observe(route.deployment_id, status, prompt + completion, seconds)
+        self.load.observe(
+            route.deployment_id,
+            status,
+            prompt + completion,
+            seconds,
+            replica_id=target.replica_id,
+            ttft=ttft,
+            itl=itl,
+        )
         self.metrics.requests.labels(route.name, str(status)).inc()
         self.metrics.latency.labels(route.name).observe(seconds)
         try:

@@ -25,6 +25,7 @@ from gateway.metering import usage_counts
 from gateway.metrics import CONTENT_TYPE
 from gateway.relay import UNREACHABLE, AnswerTooLarge, EventStream
 from gateway.routes import Route, Target
+from gateway.routing import prefix_of
 from gateway.validation import Invalid, parse, read_body
 
 log = logging.getLogger("gateway")
@@ -101,10 +102,12 @@ async def proxy(request: Request, path: str) -> Response:
         return errors.model_not_found(name)
     if caller.deployment_id is not None and route.deployment_id != caller.deployment_id:
         return errors.wrong_deployment(name)
-    found = await targets_or_wait(request, caller, route)
+    prefix = prefix_of(body) if route.policy == "prefix_affinity" else ""
+    found = await targets_or_wait(request, caller, route, prefix)
     if isinstance(found, Response):
         return found
     route, targets = found
+    gw.metrics.queue.labels(str(route.deployment_id), name).observe(time.perf_counter() - started)
     stream = body.get("stream") is True
     # Whether the client asked for a usage event: if the engine sends none, the gateway
     # adds one with the counts it meters (see `Relay.stream`).
@@ -121,11 +124,11 @@ async def proxy(request: Request, path: str) -> Response:
             upstream = await gw.relay.send(target, path, payload)
         except UNREACHABLE as exc:
             log.warning("replica %s unreachable, trying another: %s", target.url, exc)
+            gw.metrics.unreachable.labels(str(target.replica_id)).inc()
             gw.end(route, target)
             # The reconciler will replace it; read the routes afresh to see that sooner.
             gw.router.forget(caller.organization_id)
             continue
-        gw.metrics.ttft.labels(name).observe(time.perf_counter() - started)
         headers = {"x-gantry-region": target.region}
         status = upstream.status
         if stream:
@@ -158,6 +161,9 @@ async def proxy(request: Request, path: str) -> Response:
             return errors.answer_too_large()
         finally:
             gw.end(route, target)
+        # A non-streamed answer reaches the client whole: its first token comes with it.
+        ttft = time.perf_counter() - started if status == 200 else None
+        gw.observe_latency(route, target, ttft, None)
         answer = answer_of(data)
         settle = gw.settle(
             caller,
@@ -168,6 +174,7 @@ async def proxy(request: Request, path: str) -> Response:
             started=started,
             body=body,
             answer=answer,
+            ttft=ttft,
         )
         if status == 200 and usage_counts(answer.get("usage")) is None:
             gw.spawn(settle)  # counting asks the engine's tokenizer: not on the request path
@@ -183,8 +190,16 @@ def stream_done(
     """What the relay calls once a stream has been read to its end (or broke off), with
     the engine's usage if it sent any and the tokens it streamed."""
 
-    async def done(usage: dict | None, tokens: int) -> tuple[int, int]:
+    async def done(
+        usage: dict | None, tokens: int, times: tuple[float, float] | None
+    ) -> tuple[int, int]:
         gw.end(route, target)
+        ttft = itl = None
+        if times is not None:
+            first, last = times
+            ttft = first - started
+            itl = (last - first) / (tokens - 1) if tokens > 1 else None
+        gw.observe_latency(route, target, ttft, itl)
         return await gw.settle(
             caller,
             route,
@@ -194,6 +209,8 @@ def stream_done(
             started=started,
             body=body,
             streamed_tokens=tokens,
+            ttft=ttft,
+            itl=itl,
         )
 
     return done
@@ -208,14 +225,14 @@ def answer_of(data: bytes) -> dict:
 
 
 async def targets_or_wait(
-    request: Request, caller: Caller, route: Route
+    request: Request, caller: Caller, route: Route, prefix: str = ""
 ) -> tuple[Route, list[Target]] | Response:
     """The route's replicas in order of preference; when it has none running, wake it if
     the autoscaler put it to sleep (never one a person stopped: any key may wake, so it
     must not restart what an admin turned off) and hold the client for as long as its
     `X-Scale-Up-Timeout` says (none: answer 503 at once)."""
     gw = request.app.state.gateway
-    targets = await gw.router.ordered(request, route)
+    targets = await gw.router.ordered(request, route, prefix)
     if targets:
         return route, targets
     if route.desired == 0 and not route.asleep:
@@ -232,7 +249,7 @@ async def targets_or_wait(
         await asyncio.sleep(WAKE_POLL_S)
         gw.router.forget(caller.organization_id)
         route = (await gw.router.table(caller.organization_id)).get(route.name) or route
-        targets = await gw.router.ordered(request, route)
+        targets = await gw.router.ordered(request, route, prefix)
     if targets:
         return route, targets
     if waking:

@@ -10,7 +10,11 @@ from prometheus_client import (
     generate_latest,
 )
 
+from deployments.models import ITL_BUCKETS_MS, TTFT_BUCKETS_MS
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+TTFT_BUCKETS_S = [b / 1000 for b in TTFT_BUCKETS_MS]
+ITL_BUCKETS_S = [b / 1000 for b in ITL_BUCKETS_MS]
 
 
 class Metrics:
@@ -25,10 +29,47 @@ class Metrics:
         self.latency = Histogram(
             "gantry_gateway_request_seconds", "Request latency", ["model"], registry=self.registry
         )
+        # Per deployment (its id: names repeat across organizations) and replica. A
+        # non-streamed answer reaches the client whole, so its first token is its end.
         self.ttft = Histogram(
             "gantry_gateway_time_to_first_token_seconds",
-            "Time to first byte",
-            ["model"],
+            "Time from the request reaching the gateway to the first generated token",
+            ["deployment", "model", "replica"],
+            buckets=TTFT_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.itl = Histogram(
+            "gantry_gateway_inter_token_latency_seconds",
+            "Mean time between generated tokens of one streamed answer",
+            ["deployment", "model", "replica"],
+            buckets=ITL_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.queue = Histogram(
+            "gantry_gateway_queue_seconds",
+            "Time a request waited in the gateway before an engine took it "
+            "(waking a deployment, waiting for a replica)",
+            ["deployment", "model"],
+            buckets=TTFT_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.unreachable = Counter(
+            "gantry_gateway_replica_unreachable_total",
+            "Requests a replica could not take (no connection, or closed before answering)",
+            ["replica"],
+            registry=self.registry,
+        )
+        # Refreshed with each load report for the organizations seen since the last.
+        self.spend = Gauge(
+            "gantry_org_spend_cents",
+            "Spend of the organization this month",
+            ["organization"],
+            registry=self.registry,
+        )
+        self.spend_limit = Gauge(
+            "gantry_org_spend_limit_cents",
+            "Monthly spend limit of the organization (0: none)",
+            ["organization"],
             registry=self.registry,
         )
         self.tokens = Counter(

@@ -135,15 +135,19 @@ class Relay:
     def stream(
         self,
         upstream: aiohttp.ClientResponse,
-        done: Callable[[dict | None, int], Awaitable[tuple[int, int] | None]],
+        done: Callable[
+            [dict | None, int, tuple[float, float] | None], Awaitable[tuple[int, int] | None]
+        ],
         usage_for: tuple[str, str] | None = None,
     ) -> AsyncIterator[bytes]:
         """The engine's answer, chunk by chunk as it comes. The engine is read by a task of
         its own, to the end, whatever the client does: if the client walks away half-way,
         the rest is still read — the engine's final usage event, or the tokens counted —
-        and `done(usage, tokens)` still runs. That is what makes an aborted stream
-        metered. The task starts now, not when the client starts reading, so it runs even
-        if the client is gone before the first byte.
+        and `done(usage, tokens, (first, last))` still runs, with the clock
+        (`time.perf_counter`) when the first and the last token arrived (None without
+        any). That is what makes an aborted stream metered. The task starts now, not when
+        the client starts reading, so it runs even if the client is gone before the first
+        byte.
 
         With `usage_for` (the model's name and the path: the client asked for
         `stream_options.include_usage`) the stream is passed on line by line, the engine's
@@ -155,6 +159,7 @@ class Relay:
 
         async def pump() -> None:
             buffer, usage, tokens, finished = b"", None, 0, False
+            first = last = 0.0
             try:
                 async for chunk in upstream.content.iter_any():
                     buffer += chunk
@@ -165,6 +170,9 @@ class Relay:
                     for line in lines:
                         found, n = read_event(line)
                         usage, tokens = found or usage, tokens + n
+                        if n:
+                            last = time.perf_counter()
+                            first = first or last
                     if usage_for is None:
                         queue.put_nowait(chunk)
                         continue
@@ -174,12 +182,13 @@ class Relay:
                         queue.put_nowait(b"\n".join(kept) + b"\n")
             finally:
                 upstream.release()
+                times = (first, last) if first else None
                 if usage_for is None:
                     queue.put_nowait(None)
-                    await done(usage, tokens)
+                    await done(usage, tokens, times)
                 else:
                     try:
-                        counts = await done(usage, tokens)
+                        counts = await done(usage, tokens, times)
                         if finished and usage is None and counts is not None:
                             queue.put_nowait(usage_event(*usage_for, counts))
                     finally:

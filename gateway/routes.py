@@ -32,12 +32,21 @@ class Route:
     status: str
     desired: int = 1
     asleep: bool = False  # put to sleep by the autoscaler: a request may wake it
+    policy: str = "least_busy"  # how a replica is picked within a region (see routing)
     targets: list[Target] = field(default_factory=list)
 
 
 def routes_for(organization_id: int) -> dict[str, Route]:
     routes = {
-        d.name: Route(d.pk, d.name, d.organization_id, d.status, d.desired_replicas, d.asleep)
+        d.name: Route(
+            d.pk,
+            d.name,
+            d.organization_id,
+            d.status,
+            d.desired_replicas,
+            d.asleep,
+            d.routing_policy,
+        )
         for d in Deployment.objects.filter(
             organization_id=organization_id, deleted_at__isnull=True
         ).exclude(status=DeploymentStatus.DELETED)

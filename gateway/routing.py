@@ -1,13 +1,27 @@
 """Which replica serves a request: the caller's organization's route table (cached), then
-its running replicas ordered nearest region first, then fewest requests in flight from this
-process, then replica id (so ties always break the same way).
+its running replicas ordered nearest region first; within the nearest region, by the
+deployment's routing policy:
+
+* ``least_busy`` — fewest requests in flight from this process, then replica id (so ties
+  always break the same way);
+* ``prefix_affinity`` — requests whose prompts start alike (the same system prompt, the same
+  conversation so far) go to the same replica, where the engine still holds that prefix in
+  its prompt cache. The replica is picked by rendezvous hashing of the prompt's first
+  GATEWAY_PREFIX_CHARS characters, so every gateway process picks the same one without
+  sharing any state. Load stays bounded (consistent hashing with bounded loads): a replica
+  is passed over while taking the request would put it above
+  GATEWAY_PREFIX_LOAD_FACTOR × the region's mean load (in flight from this process), and
+  the next one in the prefix's own hash order takes it — so a busy prefix spills over to
+  the same second replica every time, which then warms its cache for it too.
 
 The client's region comes from the client address through GATEWAY_REGION_CIDRS
 ("10.1.0.0/16=eu-west,…"); from a trusted proxy (GATEWAY_TRUSTED_PROXIES), its
 `X-Gantry-Region` header or the client address it forwards in `X-Forwarded-For`.
 """
 
+import hashlib
 import ipaddress
+import json
 import math
 from collections import defaultdict
 
@@ -55,6 +69,49 @@ class CidrTable:
             if addr in net:
                 return region
         return ""
+
+
+def prefix_of(body: dict) -> str:
+    """What requests sharing a prompt prefix have in common: the first characters of the
+    rendered messages (chat) or of the prompt (completions), as the engine would read them
+    in order — role and content of each message, system prompt first."""
+    if isinstance(body.get("messages"), list):
+        parts = []
+        for m in body["messages"]:
+            if not isinstance(m, dict):
+                continue
+            content = m.get("content")
+            if not isinstance(content, str):
+                content = json.dumps(content, sort_keys=True)
+            parts.append(f"<|{m.get('role', '')}|>{content}")
+        text = "".join(parts)
+    else:
+        prompt = body.get("prompt", "")
+        text = prompt if isinstance(prompt, str) else json.dumps(prompt)
+    return text[: int(getattr(settings, "GATEWAY_PREFIX_CHARS", 1024))]
+
+
+def rendezvous(prefix: str, targets: list[Target]) -> list[Target]:
+    """The replicas in this prefix's own order: highest hash of (prefix, replica) first.
+    Adding or removing a replica moves only the prefixes that ranked it first."""
+    seed = hashlib.blake2b(prefix.encode(), digest_size=16).digest()
+
+    def weight(t: Target) -> bytes:
+        return hashlib.blake2b(str(t.replica_id).encode(), key=seed, digest_size=8).digest()
+
+    return sorted(targets, key=weight, reverse=True)
+
+
+def bounded(order: list[Target], load: dict[int, int]) -> list[Target]:
+    """`order` with the first replica whose load stays within the bound moved to the front:
+    ceil(factor × mean load counting this request), never below the least loaded + 1."""
+    factor = float(getattr(settings, "GATEWAY_PREFIX_LOAD_FACTOR", 1.25))
+    total = sum(load[t.replica_id] for t in order) + 1
+    bound = max(math.ceil(factor * total / len(order)), min(load[t.replica_id] for t in order) + 1)
+    for i, t in enumerate(order):
+        if load[t.replica_id] + 1 <= bound:
+            return [t, *order[:i], *order[i + 1 :]]
+    return order
 
 
 def _within(ip: str, nets: list) -> bool:
@@ -115,12 +172,22 @@ class Router:
         client = next((h for h in reversed(hops) if h and not _within(h, trusted)), peer)
         return self.cidrs.region_of(client)
 
-    async def ordered(self, request: Request, route: Route) -> list[Target]:
+    async def ordered(self, request: Request, route: Route, prefix: str = "") -> list[Target]:
         where = await self.region_table()
         here = where.get(self.client_region(request))
 
-        def key(t: Target):
-            far = distance_km(here, where[t.region]) if here and t.region in where else 0.0
-            return (round(far), self.in_flight[t.replica_id], t.replica_id)
+        def far(t: Target) -> int:
+            return round(distance_km(here, where[t.region]) if here and t.region in where else 0)
 
-        return sorted(route.targets, key=key)
+        order = sorted(
+            route.targets, key=lambda t: (far(t), self.in_flight[t.replica_id], t.replica_id)
+        )
+        if route.policy != "prefix_affinity" or not prefix or len(order) < 2:
+            return order
+        # Affinity only within the nearest region: a cached prefix never pulls a request
+        # to another continent. The other regions stay behind, as failover.
+        nearest = [t for t in order if far(t) == far(order[0])]
+        rest = order[len(nearest) :]
+        if len(nearest) < 2:
+            return order
+        return [*bounded(rendezvous(prefix, nearest), self.in_flight), *rest]

@@ -30,6 +30,10 @@ app.conf.beat_schedule = {
         "task": "deployments.tasks.autoscale_deployments",
         "schedule": 15.0,
     },
+    "scrape-engine-signals": {
+        "task": "deployments.tasks.scrape_engine_signals",
+        "schedule": float(settings.ENGINE_SIGNALS_INTERVAL_S),
+    },
     "enforce-spend-limits": {
         "task": "deployments.tasks.enforce_spend_limits",
         "schedule": 60.0,

@@ -327,6 +327,13 @@ REPLICA_STARTUP_TIMEOUT_S = env.int("REPLICA_STARTUP_TIMEOUT_S", default=600)
 REPLICA_HEALTH_FAILURES = env.int("REPLICA_HEALTH_FAILURES", default=3)
 REPLICA_MAX_FAILURES = env.int("REPLICA_MAX_FAILURES", default=5)
 REPLICA_MAX_BACKOFF_S = env.int("REPLICA_MAX_BACKOFF_S", default=60)
+# Draining a replica before it stops: it gets no new requests at once; it stops once every
+# gateway reports none in flight on it, at the earliest after the grace (longer than the
+# gateway's route TTL plus two load reports), at the latest after the timeout.
+REPLICA_DRAIN_GRACE_S = env.float("REPLICA_DRAIN_GRACE_S", default=15.0)
+REPLICA_DRAIN_TIMEOUT_S = env.float("REPLICA_DRAIN_TIMEOUT_S", default=600.0)
+# How often the engines' own Prometheus metrics (vLLM, SGLang) are scraped.
+ENGINE_SIGNALS_INTERVAL_S = env.float("ENGINE_SIGNALS_INTERVAL_S", default=10.0)
 # Timeline retention per deployment: the newest EVENTS_KEEP_PER_DEPLOYMENT events, none
 # older than EVENTS_MAX_AGE_DAYS (0 turns either bound off). Pruned by beat every hour.
 EVENTS_KEEP_PER_DEPLOYMENT = env.int("EVENTS_KEEP_PER_DEPLOYMENT", default=1000)
@@ -371,6 +378,10 @@ GATEWAY_URL = env.str("GATEWAY_URL", default="http://127.0.0.1:8001").rstrip("/"
 # Client networks and their regions, for routing: "10.1.0.0/16=eu-west,10.2.0.0/16=us-east".
 GATEWAY_REGION_CIDRS = env.str("GATEWAY_REGION_CIDRS", default="")
 GATEWAY_ROUTE_TTL_S = env.float("GATEWAY_ROUTE_TTL_S", default=2.0)
+# Prefix-affinity routing: how much of a prompt makes its prefix (characters of the
+# rendered messages), and how far above the mean load a replica may be and still keep it.
+GATEWAY_PREFIX_CHARS = env.int("GATEWAY_PREFIX_CHARS", default=1024)
+GATEWAY_PREFIX_LOAD_FACTOR = env.float("GATEWAY_PREFIX_LOAD_FACTOR", default=1.25)
 # Shared rate-limit counters for several gateway processes; empty: kept in the process.
 GATEWAY_REDIS_URL = env.str("GATEWAY_REDIS_URL", default="")
 # Bearer token Prometheus sends to scrape /metrics; empty: /metrics answers 404.
@@ -391,3 +402,5 @@ GATEWAY_CORS_ORIGINS = env.list("GATEWAY_CORS_ORIGINS", default=[SITE_URL])
 PLAYGROUND_TOKEN_TTL_S = env.int("PLAYGROUND_TOKEN_TTL_S", default=600)
 # Requests per minute the gateway lets one member send through playground tokens.
 PLAYGROUND_REQUESTS_PER_MINUTE = env.int("PLAYGROUND_REQUESTS_PER_MINUTE", default=30)
+# How often each gateway process reports its load (in flight, traffic) to the database.
+GATEWAY_LOAD_REPORT_S = env.float("GATEWAY_LOAD_REPORT_S", default=5.0)

@@ -135,8 +135,11 @@ for _name in (
     "deployments:start",
     "deployments:delete",
     "deployments:weights_retry",
+    "deployments:serving",
+    "deployments:playground_token",
 ):
     register(_name, ("GET",) if _name == "deployments:detail" else ("POST",), _deployment)
+register("deployments:playground_cost", ("GET",), _deployment)
 register("deployments:replica_logs", ("GET",), _replica)
 register("api:deployment-detail", ("GET", "DELETE"), _deployment, api=True)
 register("api:deployment-scale", ("POST",), _deployment, api=True)
@@ -144,6 +147,9 @@ register("api:deployment-stop", ("POST",), _deployment, api=True)
 register("api:deployment-start", ("POST",), _deployment, api=True)
 register("api:deployment-events", ("GET",), _deployment, api=True)
 register("api:deployment-weights-retry", ("POST",), _deployment, api=True)
+register("api:deployment-serving", ("POST",), _deployment, api=True)
+register("api:deployment-playground-token", ("POST",), _deployment, api=True)
+register("api:deployment-traffic", ("GET",), _deployment, api=True)
 
 
 def _replica_api(org: Organization, member):

@@ -24,7 +24,15 @@ from deployments.engines import engine_command
 
 # Flags Gantry sets, by engine, in their canonical spelling (dashes).
 _OWN_FLAGS = {
-    "llama.cpp": {"host", "port", "model", "model-alias", "api-key", "config-file"},
+    "llama.cpp": {
+        "host",
+        "port",
+        "model",
+        "model-alias",
+        "api-key",
+        "config-file",
+        "interrupt-requests",
+    },
     "vllm": {"host", "port", "model", "served-model-name", "api-key", "uds"},
     "sglang": {"host", "port", "model-path", "served-model-name", "api-key"},
 }
@@ -75,7 +83,12 @@ def engine_launch(
     # An engine that downloads its weights reads the hub token from HF_TOKEN.
     hub = {"HF_TOKEN": spec.hub_token} if spec.hub_token else {}
     if spec.engine == "llama.cpp":
-        return Launch([*argv, "--model_alias", name], {"API_KEY": key})
+        # Its server would otherwise cut a stream short whenever another request arrives
+        # (interrupt_requests defaults to true): one tenant's request ending another's.
+        # Requests queue for the model instead.
+        return Launch(
+            [*argv, "--model_alias", name, "--interrupt_requests", "false"], {"API_KEY": key}
+        )
     if spec.engine == "vllm":
         return Launch([*argv, "--served-model-name", name], {"VLLM_API_KEY": key, **hub})
     if spec.engine == "sglang":

@@ -3,6 +3,8 @@
 * ``lifecycle``    — desired state: create, scale, stop, start, delete; promising capacity
 * ``reconcile``    — the reconciler pass that makes actual state follow desired state
 * ``scaling``      — load reports, traffic counts, wake from zero, the autoscaler
+* ``signals``      — engines' own load (scraped), gateways' in-flight per replica, draining
+* ``serving``      — routing policy and what the autoscaler watches
 * ``housekeeping`` — pool health and orphans, replica logs, local shutdown, spend-limit stop
 * ``metering``     — replica GPU time into billing's ledger, releasing replica GPUs
 * ``events``       — the deployment timeline and queueing a reconcile after commit
@@ -44,6 +46,8 @@ from deployments.services.scaling import (
     load_report,
     traffic_record,
 )
+from deployments.services.serving import deployment_serving_update, target_meaning
+from deployments.services.signals import engine_signals_scrape, replica_load_report
 
 __all__ = [
     "IMAGE_RE",
@@ -57,11 +61,13 @@ __all__ = [
     "deployment_delete",
     "deployment_reconcile",
     "deployment_scale",
+    "deployment_serving_update",
     "deployment_settle",
     "deployment_start",
     "deployment_stop",
     "deployment_wake",
     "deployments_needing_reconcile",
+    "engine_signals_scrape",
     "enqueue_reconcile",
     "event",
     "events_prune",
@@ -69,9 +75,11 @@ __all__ = [
     "local_pools_shutdown",
     "pool_check",
     "release_replica_gpus",
+    "replica_load_report",
     "replica_logs",
     "replica_meter",
     "reserve_gpus",
     "spend_limits_enforce",
+    "target_meaning",
     "traffic_record",
 ]

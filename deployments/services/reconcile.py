@@ -48,6 +48,7 @@ from deployments.placement import Unschedulable, place_replica
 from deployments.selectors import region_gpu_usage
 from deployments.services.events import event
 from deployments.services.metering import release_replica_gpus, replica_meter
+from deployments.services.signals import drain_state, replica_drain, replicas_undrain
 from deployments.services.weights import engine_hub_token, weights_model_path, weights_wait
 
 log = logging.getLogger("deployments.services")
@@ -117,10 +118,15 @@ class ReconcileResult:
     actions: list[str] = field(default_factory=list)
 
 
-def _probe(url: str, replica_id: int) -> bool:
+def _probe(url: str, replica_id: int, engine: str = "") -> bool:
     # With the replica's key, as the gateway calls it (engines refuse callers without it).
     # The URL is the driver's own (http://<node address>:<port>), never a tenant's.
-    request = urllib.request.Request(f"{url}/v1/models", headers=engine_auth_headers(replica_id))  # noqa: S310
+    # llama.cpp's Python server serves every authenticated route, /v1/models too, under
+    # its model lock, and a request waiting on that lock cuts the stream being generated
+    # short: its probe is the schema page, which takes no lock (the model is loaded
+    # before the server listens).
+    path = "/openapi.json" if engine == "llama.cpp" else "/v1/models"
+    request = urllib.request.Request(f"{url}{path}", headers=engine_auth_headers(replica_id))  # noqa: S310
     try:
         with urllib.request.urlopen(request, timeout=3) as response:  # noqa: S310
             return response.status == 200
@@ -234,13 +240,21 @@ class _Pass:
             if r.status == ReplicaStatus.STOPPING:
                 self.stop(r, r.exit_reason or "stop requested")
                 continue
+            if r.status == ReplicaStatus.DRAINING:
+                done, how = drain_state(r, now=self.now)
+                if done or self.d.deleted_at:
+                    self.stop(r, f"{r.exit_reason or 'scaled down'}; {how or 'deleted'}")
+                else:
+                    self.meter(r, self.now)
+                    self.requeue(2)
+                continue
             if r.status == ReplicaStatus.PENDING:
                 continue
             status = self.driver(r.pool).status(r.handle)
             if status.state != "running":
                 self.fail(r, status.detail or status.state)
                 continue
-            healthy = _probe(r.url, r.pk)
+            healthy = _probe(r.url, r.pk, self.d.engine)
             if r.status == ReplicaStatus.STARTING:
                 if healthy:
                     now = timezone.now()
@@ -280,15 +294,29 @@ class _Pass:
     def converge(self) -> None:
         d = self.d
         target = 0 if d.deleted_at else d.desired_replicas
-        active = [r for r in self.live() if r.status in ACTIVE_REPLICA_STATUSES]
+        live = self.live()
+        active = [r for r in live if r.status in ACTIVE_REPLICA_STATUSES]
         if len(active) > target:
-            # Stop the least useful first: not yet running, then the highest slots.
+            # Stop the least useful first: not yet running, then the highest slots. A
+            # running one drains first (its requests in flight finish), unless deleted.
             order = sorted(active, key=lambda r: (r.status == ReplicaStatus.RUNNING, -r.ordinal))
             why = "deployment deleted" if d.deleted_at else f"scaled to {target}"
             for r in order[: len(active) - target]:
-                self.stop(r, why)
+                reason = why
+                if r.status == ReplicaStatus.RUNNING and not d.deleted_at:
+                    replica_drain(d, r, why)
+                    done, how = drain_state(r, now=timezone.now())
+                    if not done:  # observe() stops it once drained
+                        self.requeue(2)
+                        continue
+                    reason = f"{why}; {how}"
+                self.stop(r, reason)
             return
         missing = target - len(active)
+        if missing <= 0:
+            return
+        # Scaled back up while replicas drain: take them back first, they are warm.
+        missing -= replicas_undrain(d, live, missing)
         if missing <= 0:
             return
         if d.failure_count >= settings.REPLICA_MAX_FAILURES:
@@ -301,7 +329,7 @@ class _Pass:
             self.unschedulable = waiting
             self.requeue(2)
             return
-        used = {r.ordinal for r in active}
+        used = {r.ordinal for r in live}
         slots = [i for i in range(target + len(used)) if i not in used][:missing]
         if d.status not in {DeploymentStatus.RUNNING, DeploymentStatus.DEGRADED}:
             Deployment.objects.filter(pk=d.pk).update(status=DeploymentStatus.PLACING)
@@ -465,7 +493,8 @@ class _Pass:
             DeploymentStatus.FAILED,
             DeploymentStatus.RUNNING,
         }
-        if status in at_rest and not starting:
+        draining = any(r.status == ReplicaStatus.DRAINING for r in live)
+        if status in at_rest and not starting and not draining:
             self.result.requeue_in = None  # the periodic sweep keeps watching its health
         elif self.result.requeue_in is None:
             self.requeue(settings.RECONCILE_INTERVAL_S)

@@ -19,13 +19,20 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from deployments.models import (
+    AutoscaleMetric,
     Deployment,
     DeploymentLoad,
     DeploymentStatus,
+    Replica,
+    ReplicaStatus,
     TrafficMinute,
 )
+from deployments.selectors import ttft_recent
 from deployments.services.events import enqueue_reconcile, event
 from deployments.services.lifecycle import reserve_gpus
+
+# Fewer streamed answers than this over the window say nothing about a p95.
+TTFT_MIN_SAMPLES = 5
 
 
 def load_report(*, deployment_id: int, in_flight: float, requests: int, at=None) -> None:
@@ -67,10 +74,68 @@ def deployment_wake(*, deployment_id: int, at=None) -> bool:
     return True
 
 
+def _signal(d: Deployment, load: DeploymentLoad | None, current: int, now) -> tuple[int, str]:
+    """Replicas the deployment's autoscale metric asks for (before min/max), and why; -1
+    when the signal is missing (no figures yet: change nothing)."""
+    target = d.autoscale_target or 1
+    metric = d.autoscale_metric
+    if metric == AutoscaleMetric.IN_FLIGHT:
+        if load is None:
+            return -1, ""
+        need = math.ceil(load.in_flight / target) if load.in_flight else 1
+        return need, f"{load.in_flight:g} requests in flight, target {target} per replica"
+    if metric in (AutoscaleMetric.QUEUE_DEPTH, AutoscaleMetric.KV_CACHE):
+        field = "queue_depth" if metric == AutoscaleMetric.QUEUE_DEPTH else "kv_cache_usage"
+        values = [
+            v
+            for v in Replica.objects.filter(
+                deployment=d, status=ReplicaStatus.RUNNING, signals_at__isnull=False
+            ).values_list(field, flat=True)
+            if v is not None
+        ]
+        if not values:
+            return -1, ""
+        mean = sum(values) / len(values)
+        if metric == AutoscaleMetric.KV_CACHE:
+            mean *= 100
+            what = f"KV cache {mean:.0f}% used per replica, target {target}%"
+        else:
+            what = f"{mean:g} requests queued per replica, target {target}"
+        return math.ceil(current * mean / target - 1e-9), what
+    # TTFT p95 against the SLO, over the last minutes the gateways reported.
+    ttft = ttft_recent(deployment=d, now=now)
+    if ttft["count"] < TTFT_MIN_SAMPLES or ttft["p95_ms"] is None:
+        return -1, ""
+    p95 = ttft["p95_ms"]
+    what = f"TTFT p95 {p95:g} ms, SLO {target} ms"
+    if p95 > target:
+        return max(current + 1, math.ceil(current * p95 / target)), what
+    if p95 < target / 2:
+        return current - 1, what
+    return current, what
+
+
+def _stabilised(d: Deployment, load: DeploymentLoad, current: int, need: int, now) -> int:
+    """Record this recommendation; the replicas every recommendation over the window
+    agrees on: scaling up, the lowest of those in the scale-up window; scaling down, the
+    highest of those in the scale-down window."""
+    t = now.timestamp()
+    keep = max(d.scale_up_window_s, d.scale_down_window_s)
+    recs = [(at, n) for at, n in (load.recommendations or []) if at > t - keep and at <= t]
+    recs.append((t, need))
+    DeploymentLoad.objects.filter(pk=load.pk).update(recommendations=recs)
+    if need > current:
+        return min(n for at, n in recs if at > t - d.scale_up_window_s or at == t)
+    if need < current:
+        return max(n for at, n in recs if at > t - d.scale_down_window_s or at == t)
+    return current
+
+
 def autoscale(*, now=None) -> int:
-    """Adjust every autoscaled deployment to its load: in-flight requests per replica
-    against its target, between min and max (quota permitting); and put idle ones to
-    sleep. Every decision is an event."""
+    """Adjust every autoscaled deployment to its load: its metric (requests in flight,
+    engine queue depth or KV-cache use per replica against its target, or TTFT p95
+    against its SLO), stabilised over its windows, between min and max (quota
+    permitting); and put idle ones to sleep. Every decision is an event."""
     now = now or timezone.now()
     changed = 0
     for d in (
@@ -92,12 +157,14 @@ def autoscale(*, now=None) -> int:
             and idle_for >= d.scale_to_zero_after_s
         ):
             wanted, reason = 0, f"no requests for {int(idle_for)} s"
-        elif d.autoscale_target and current > 0 and load is not None:
-            need = math.ceil(load.in_flight / d.autoscale_target) if load.in_flight else 1
-            wanted = min(max(need, max(d.min_replicas, 1)), d.max_replicas)
-            reason = (
-                f"{load.in_flight:g} requests in flight, target {d.autoscale_target} per replica"
-            )
+        elif d.autoscale_target and current > 0:
+            need, reason = _signal(d, load, current, now)
+            if need < 0:
+                continue
+            need = min(max(need, max(d.min_replicas, 1)), d.max_replicas)
+            if load is None:
+                load, _ = DeploymentLoad.objects.get_or_create(deployment=d)
+            wanted = _stabilised(d, load, current, need, now)
         if wanted == current:
             continue
         try:
@@ -129,8 +196,16 @@ def traffic_record(
     errors: int,
     tokens: int,
     latency_buckets: list[int],
+    ttft_buckets: list[int] | None = None,
+    itl_buckets: list[int] | None = None,
+    per_replica: dict | None = None,
 ) -> None:
     """Add one gateway process's counts for a minute (several processes add up)."""
+    ttft_buckets, itl_buckets, per_replica = (
+        ttft_buckets or [],
+        itl_buckets or [],
+        per_replica or {},
+    )
     for _ in range(3):
         with transaction.atomic():
             row = (
@@ -148,6 +223,9 @@ def traffic_record(
                             errors=errors,
                             tokens=tokens,
                             latency_buckets=latency_buckets,
+                            ttft_buckets=ttft_buckets,
+                            itl_buckets=itl_buckets,
+                            per_replica=per_replica,
                         )
                     return
                 except IntegrityError:
@@ -155,7 +233,33 @@ def traffic_record(
             row.requests += requests
             row.errors += errors
             row.tokens += tokens
-            merged = row.latency_buckets or [0] * len(latency_buckets)
-            row.latency_buckets = [a + b for a, b in zip(merged, latency_buckets, strict=False)]
-            row.save(update_fields=["requests", "errors", "tokens", "latency_buckets"])
+            row.latency_buckets = _add_counts(row.latency_buckets, latency_buckets)
+            row.ttft_buckets = _add_counts(row.ttft_buckets, ttft_buckets)
+            row.itl_buckets = _add_counts(row.itl_buckets, itl_buckets)
+            merged = dict(row.per_replica or {})
+            for replica_id, per in per_replica.items():
+                mine = merged.setdefault(replica_id, {"requests": 0, "tokens": 0})
+                mine["requests"] = mine.get("requests", 0) + per.get("requests", 0)
+                mine["tokens"] = mine.get("tokens", 0) + per.get("tokens", 0)
+                for k in ("ttft", "itl"):
+                    mine[k] = _add_counts(mine.get(k), per.get(k) or [])
+            row.per_replica = merged
+            row.save(
+                update_fields=[
+                    "requests",
+                    "errors",
+                    "tokens",
+                    "latency_buckets",
+                    "ttft_buckets",
+                    "itl_buckets",
+                    "per_replica",
+                ]
+            )
             return
+
+
+def _add_counts(into: list[int] | None, more: list[int]) -> list[int]:
+    into = list(into or [])
+    if len(into) < len(more):
+        into += [0] * (len(more) - len(into))
+    return [a + (more[i] if i < len(more) else 0) for i, a in enumerate(into)]

@@ -95,7 +95,10 @@ def test_create_run_complete_delete_with_the_real_worker(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_scale_one_to_three_to_zero(org_a, local_pool, api_client_for):
+def test_scale_one_to_three_to_zero(org_a, local_pool, api_client_for, settings):
+    # Replicas drain before they stop (tests/gateway/test_drain.py); no gateway sends them
+    # anything here, so no grace is needed for requests that might be on their way.
+    settings.REPLICA_DRAIN_GRACE_S = 0
     api = api_client_for(org_a)
     d = _demo(org_a, max_replicas=3)
     reconcile_until(d, lambda d: d.status == "running", what="1 running")
