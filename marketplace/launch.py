@@ -9,12 +9,16 @@ Flag names (checked against each engine's documentation):
 - vLLM (its OpenAI server, ``vllm serve``, 0.11): ``--tensor-parallel-size``,
   ``--data-parallel-size``, ``--enable-expert-parallel``, ``--quantization fp8`` (online
   FP8 from 16-bit weights), ``--max-model-len``, ``--max-num-seqs``,
-  ``--gpu-memory-utilization``, ``--kv-cache-dtype``.
+  ``--gpu-memory-utilization``, ``--kv-cache-dtype``, ``--enable-prefix-caching``.
 - SGLang (``python -m sglang.launch_server``, 0.5): ``--tp-size`` (``--tp``), ``--dp-size``,
   ``--ep-size``, ``--quantization fp8``, ``--context-length``, ``--max-running-requests``,
-  ``--mem-fraction-static``, ``--kv-cache-dtype``.
-- llama.cpp (llama-cpp-python's server, 0.3): ``--n_ctx``; the quantization is the GGUF
-  file itself.
+  ``--mem-fraction-static``, ``--kv-cache-dtype``, ``--enable-metrics`` (its radix prefix
+  cache is on by default; the metrics are what the pool scrapes for autoscaling).
+- llama.cpp (llama-cpp-python's server, 0.3): ``--n_ctx``, ``--cache true`` (the prompt
+  cache); the quantization is the GGUF file itself.
+
+Every profile turns on the engine's own prompt cache, so prefix-affinity routing has
+something to hit.
 """
 
 from dataclasses import dataclass, field
@@ -156,6 +160,7 @@ def _profile_args(profile, tp: int, dp: int, ep: bool, quant_flags: list[str]) -
             *["--max-model-len", length, "--max-num-seqs", seqs],
             *["--gpu-memory-utilization", util],
             *kv,
+            "--enable-prefix-caching",
         ]
     if profile.engine == "sglang":
         return [
@@ -166,10 +171,11 @@ def _profile_args(profile, tp: int, dp: int, ep: bool, quant_flags: list[str]) -
             *["--context-length", length, "--max-running-requests", seqs],
             *["--mem-fraction-static", util],
             *kv,
+            "--enable-metrics",
         ]
     if profile.gpu_count != 1:
         raise _refuse(profile, "count", "llama.cpp replicas run on one CPU slot")
-    return ["--n_ctx", length]
+    return ["--n_ctx", length, "--cache", "true"]
 
 
 def _shown_ref(model_ref: str) -> str:

@@ -22,6 +22,7 @@ from deployments.services.housekeeping import (
     replica_logs,
     spend_limits_enforce,
 )
+from deployments.services.lease import LEASE
 from deployments.services.lifecycle import (
     MAX_REPLICAS,
     NAME_RE,
@@ -35,7 +36,6 @@ from deployments.services.lifecycle import (
 )
 from deployments.services.metering import release_replica_gpus, replica_meter
 from deployments.services.reconcile import (
-    LEASE,
     ReconcileResult,
     deployment_reconcile,
     deployments_needing_reconcile,

@@ -1,16 +1,16 @@
 """The reconciler: one pass that brings a deployment's replicas to its desired state.
 
-Owns: the lease on a deployment, observing replicas (driver status, health probe), stopping
-surplus ones, placing and starting missing ones, replacing failed ones with backoff, and
-the deployment's status and reason.
+Owns: observing replicas (driver status, health probe), stopping surplus ones, placing and
+starting missing ones, replacing failed ones with backoff, and the deployment's status and
+reason.
 
 Invariants (it is idempotent and safe to kill at any point):
 * GPUs are held in the same transaction that writes the replica row (placement), so a crash
   never leaves a hold without a row (nor a row without its hold).
 * A runtime is named after its replica row, so a start that died before recording its
   handle is adopted on the next pass instead of started twice.
-* A lease on the deployment row keeps two reconcilers apart; a lease whose holder died on
-  this host is taken over at once, elsewhere after it expires.
+* A lease on the deployment row (services.lease) keeps two reconcilers apart; a lease whose
+  holder died on this host is taken over at once, elsewhere after it expires.
 * A replica is metered before its GPUs are released, so the ledger always has the time the
   GPUs were held.
 * Engines are probed with their replica's own key (deployments.engine_auth), the way the
@@ -18,9 +18,6 @@ Invariants (it is idempotent and safe to kill at any point):
 """
 
 import logging
-import os
-import socket
-import threading
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -47,67 +44,12 @@ from deployments.models import (
 from deployments.placement import Unschedulable, place_replica
 from deployments.selectors import region_gpu_usage
 from deployments.services.events import event
+from deployments.services.lease import lease_acquire, lease_release
 from deployments.services.metering import release_replica_gpus, replica_meter
 from deployments.services.signals import drain_state, replica_drain, replicas_undrain
 from deployments.services.weights import engine_hub_token, weights_model_path, weights_wait
 
 log = logging.getLogger("deployments.services")
-
-# Longer than any pass takes, so a live holder never loses its lease mid-pass; a holder
-# that died elsewhere blocks the deployment for at most this long.
-LEASE = timedelta(seconds=120)
-
-
-def _me() -> str:
-    # Host, process and thread: a dead holder on this host can then be recognised (and its
-    # lease taken at once), and two threads of one worker never share a lease.
-    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
-
-
-def _holder_dead(owner: str) -> bool:
-    try:
-        host, pid, _thread = owner.rsplit(":", 2)
-        if host != socket.gethostname():
-            return False
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except (ValueError, PermissionError):
-        return False
-    return False
-
-
-def _acquire_lease(deployment_id: int) -> str | None:
-    me, now = _me(), timezone.now()
-    # One conditional UPDATE takes the lease: the database decides between racing passes,
-    # without a lock held across the driver calls that follow.
-    free = Q(lease_until__isnull=True) | Q(lease_until__lt=now) | Q(lease_owner=me)
-    if Deployment.objects.filter(free, pk=deployment_id).update(
-        lease_owner=me, lease_until=now + LEASE
-    ):
-        return me
-    holder = (
-        Deployment.objects.filter(pk=deployment_id).values_list("lease_owner", flat=True).first()
-    )
-    if (
-        holder
-        and _holder_dead(holder)
-        # Conditional on the dead holder still owning it, so two passes that both saw it
-        # die cannot both take over.
-        and Deployment.objects.filter(pk=deployment_id, lease_owner=holder).update(
-            lease_owner=me, lease_until=now + LEASE
-        )
-    ):
-        log.warning("deployment %s: took over the lease of dead %s", deployment_id, holder)
-        return me
-    return None
-
-
-def _release_lease(deployment_id: int, me: str) -> None:
-    # Only our own: a pass that overran its lease must not free a successor's.
-    Deployment.objects.filter(pk=deployment_id, lease_owner=me).update(
-        lease_owner="", lease_until=None
-    )
 
 
 @dataclass
@@ -503,7 +445,7 @@ class _Pass:
 
 def deployment_reconcile(*, deployment_id: int) -> ReconcileResult:
     """Bring one deployment's replicas to its desired state (one pass)."""
-    me = _acquire_lease(deployment_id)
+    me = lease_acquire(deployment_id)
     if me is None:
         return ReconcileResult(busy=True)  # the holder's pass follows up itself
     try:
@@ -514,7 +456,7 @@ def deployment_reconcile(*, deployment_id: int) -> ReconcileResult:
         p.summarize()
         return p.result
     finally:
-        _release_lease(deployment_id, me)
+        lease_release(deployment_id, me)
 
 
 def deployments_needing_reconcile() -> list[int]:

@@ -81,7 +81,7 @@ def test_deepseek_r1_on_8_h200_is_this_exact_command(catalog):
         *["--host", "<replica address>", "--port", "8000"],
         *["--tp-size", "8", "--ep-size", "8"],
         *["--context-length", "65536", "--max-running-requests", "8"],
-        *["--mem-fraction-static", "0.9"],
+        *["--mem-fraction-static", "0.9", "--enable-metrics"],
         *["--served-model-name", "<deployment name>", "--api-key", "<elided>"],
     ]
     assert launch.engine_version == "0.5.3"
@@ -285,7 +285,7 @@ def test_a_build_on_the_nodes_weights_cache_shows_only_its_file_name(catalog, or
         "<weights cache>/my-model.gguf",
     ]
     assert not any("/srv/gantry" in a for a in launch.argv)
-    assert launch.engine_args == ["--n_ctx", "4096"]
+    assert launch.engine_args == ["--n_ctx", "4096", "--cache", "true"]
 
 
 @pytest.mark.parametrize(

@@ -167,7 +167,7 @@ def test_deploy_through_the_api_with_model_and_profile(catalog, org_a, api_clien
         == launch.engine_args
         == [
             *["--tp-size", "1", "--context-length", "40960", "--max-running-requests", "8"],
-            *["--mem-fraction-static", "0.9"],
+            *["--mem-fraction-static", "0.9", "--enable-metrics"],
         ]
     )
     assert d.source == "catalog:qwen3-8b/h100-bf16" and d.name == "qwen3-8b"
@@ -213,7 +213,12 @@ def test_deploy_page_preselects_profile_and_region_and_creates_in_one_click(
     response = client.post(url, {"profile": "cpu-f32", "region": "local", "name": ""})
     d = Deployment.objects.get()
     assert response.status_code == 302 and response["Location"] == f"/deployments/{d.pk}/"
-    assert d.model_ref == "demo:tiny-random-llama" and d.engine_args == ["--n_ctx", "512"]
+    assert d.model_ref == "demo:tiny-random-llama" and d.engine_args == [
+        "--n_ctx",
+        "512",
+        "--cache",
+        "true",
+    ]
 
 
 def test_llama_cpp_profile_fetches_its_gguf_file_from_its_weights_repo(
