@@ -123,6 +123,9 @@ class ServingProfile(models.Model):
     throughput_source = models.CharField(
         max_length=300, blank=True, help_text="Where the figure comes from (cited or measured)."
     )
+    # Figures the Lab measured for this profile and their provenance (tuning, trial,
+    # benchmark, date, engine and image, hardware, workload, SLO, re-measure tolerance).
+    measured = models.JSONField(default=dict, blank=True)
 
     class Meta:
         constraints = [
