@@ -70,6 +70,7 @@ urlpatterns = [
     path("", include("marketplace.urls")),
     path("", include("builder.urls")),
     path("", include("billing.urls")),
+    path("", include("lab.urls")),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path(
