@@ -80,3 +80,29 @@ class Benchmark(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in FINISHED_STATUSES
+
+
+# Tunings and the leaderboard live in their own module; imported here so Django sees them.
+from lab.models_tuning import (  # noqa: E402
+    TUNING_FINISHED,
+    LeaderboardEntry,
+    ResultSource,
+    TrialState,
+    Tuning,
+    TuningStatus,
+    TuningTrial,
+)
+
+__all__ = [
+    "FINISHED_STATUSES",
+    "TUNING_FINISHED",
+    "Benchmark",
+    "BenchmarkStatus",
+    "LeaderboardEntry",
+    "ResultSource",
+    "Target",
+    "TrialState",
+    "Tuning",
+    "TuningStatus",
+    "TuningTrial",
+]

@@ -1,0 +1,235 @@
+"""REST API for tunings and the leaderboard. Thin: parse, check access, call the services
+(lab.tunings, lab.leaderboard) and the selectors the pages use too."""
+
+from django.core.exceptions import PermissionDenied
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status, viewsets
+from rest_framework.decorators import action, api_view, parser_classes
+from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.response import Response
+
+from deployments.api import DeploymentOut
+from lab import leaderboard as board
+from lab import tuning_selectors as sel
+from lab import tunings
+from lab.models import LeaderboardEntry, Tuning
+from portal.access import require
+
+# --- Input ----------------------------------------------------------------------------
+
+
+class TuningIn(serializers.Serializer):
+    """Shapes are checked by the service (one set of rules for the page and the API); here
+    only that each field is there, of the right JSON kind."""
+
+    model = serializers.CharField(required=False, allow_blank=True, max_length=100)
+    build = serializers.JSONField(required=False)
+    gpu_types = serializers.JSONField()
+    objective = serializers.CharField(max_length=40)
+    slo = serializers.JSONField(required=False)
+    budget = serializers.JSONField()
+    workload = serializers.JSONField(required=False)
+    load = serializers.JSONField(required=False)
+    space = serializers.JSONField(required=False)
+
+
+class DeployIn(serializers.Serializer):
+    name = serializers.CharField(required=False, allow_blank=True, max_length=63, default="")
+    regions = serializers.ListField(
+        child=serializers.CharField(max_length=32), required=False, max_length=16
+    )
+
+
+# --- Output ---------------------------------------------------------------------------
+
+
+class TuningOut(serializers.ModelSerializer):
+    model = serializers.SerializerMethodField()
+    best = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Tuning
+        fields = [
+            "id",
+            "model",
+            "build",
+            "engine",
+            "engine_version",
+            "gpu_types",
+            "objective",
+            "slo",
+            "budget",
+            "workload",
+            "load",
+            "space",
+            "status",
+            "phase",
+            "progress",
+            "stop_reason",
+            "gpu_seconds",
+            "best",
+            "deployed",
+            "published_profile",
+            "created_at",
+            "finished_at",
+        ]
+
+    def get_model(self, t) -> str:
+        return t.catalog_model.slug if t.catalog_model else t.model_label
+
+    def get_best(self, t) -> dict | None:
+        if t.best_trial is None:
+            return None
+        return sel.trial_summary(t, t.best_trial)
+
+
+class EntryOut(serializers.ModelSerializer):
+    class Meta:
+        model = LeaderboardEntry
+        fields = [
+            "id",
+            "source",
+            "model",
+            "family",
+            "engine",
+            "engine_version",
+            "gpu_type",
+            "gpu_count",
+            "objective",
+            "launch",
+            "output_tokens_per_s",
+            "ttft_p95_ms",
+            "itl_p95_ms",
+            "cost_per_1m_output_tokens",
+            "slo",
+            "provenance",
+            "measured_at",
+        ]
+
+
+def _detail(t: Tuning) -> dict:
+    trials = sel.trials_of(t)
+    points, front = sel.pareto_points(t, trials)
+    return {
+        **TuningOut(t).data,
+        "log_tail": t.log[-4000:],
+        "trials": [sel.trial_summary(t, x) for x in trials],
+        "pareto": front,
+        "why_best": sel.why_best(t, trials),
+    }
+
+
+# --- Views ----------------------------------------------------------------------------
+
+
+class TuningViewSet(viewsets.GenericViewSet):
+    serializer_class = TuningOut
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return Tuning.objects.none()
+        return sel.tuning_list(org=self.request.org).select_related("catalog_model")
+
+    def list(self, request):
+        require(request.membership, "lab.view")
+        page = self.paginate_queryset(self.get_queryset())
+        return self.get_paginated_response(TuningOut(page, many=True).data)
+
+    def retrieve(self, request, pk=None):
+        require(request.membership, "lab.view")
+        return Response(_detail(sel.access_tuning(request.org, pk)))
+
+    @extend_schema(request=TuningIn, responses={201: TuningOut})
+    def create(self, request):
+        require(request.membership, "lab.manage")
+        data = TuningIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        tuning = tunings.tuning_create(
+            organization=request.org, user=request.user, **data.validated_data
+        )
+        return Response(_detail(tuning), status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses=TuningOut)
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        tuning = sel.access_tuning(request.org, pk)
+        require(request.membership, "lab.manage")
+        return Response(TuningOut(tunings.tuning_cancel(tuning=tuning)).data)
+
+    @extend_schema(request=DeployIn, responses={201: DeploymentOut})
+    @action(detail=True, methods=["post"])
+    def deploy(self, request, pk=None):
+        tuning = sel.access_tuning(request.org, pk)
+        require(request.membership, "deployments.manage")
+        data = DeployIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        deployment = tunings.tuning_deploy(
+            tuning=tuning,
+            user=request.user,
+            name=data.validated_data["name"],
+            regions=data.validated_data.get("regions"),
+        )
+        return Response(DeploymentOut(deployment).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses={200: dict})
+    @action(detail=True, methods=["post"])
+    def publish(self, request, pk=None):
+        tuning = sel.access_tuning(request.org, pk)
+        if not tunings.can_publish(request.user):
+            raise PermissionDenied("Only staff or catalog maintainers publish tuned profiles.")
+        profile = tunings.tuning_publish(tuning=tuning, user=request.user)
+        return Response(
+            {
+                "model": profile.model.slug,
+                "profile": profile.name,
+                "gpu_type": profile.gpu_type.code,
+                "launch": profile.engine_args,
+                "throughput_tokens_s": profile.throughput_tokens_s,
+                "measured": profile.measured,
+            }
+        )
+
+
+def _filters(request) -> dict:
+    return {k: request.query_params.get(k, "") for k in board.FILTERS}
+
+
+@extend_schema(responses=EntryOut(many=True))
+@api_view(["GET"])
+def leaderboard(request):
+    """Per model × GPU type × engine: the best throughput and the best cost per 1M output
+    tokens measured at the SLO. Filters: model, gpu_type, engine, family."""
+    require(request.membership, "lab.view")
+    rows = board.leaderboard(org=request.org, filters=_filters(request))
+    return Response(
+        [
+            {
+                **{k: r[k] for k in ("model", "family", "gpu_type", "engine", "results")},
+                "best_throughput": EntryOut(r["best_throughput"]).data,
+                "best_cost": EntryOut(r["best_cost"]).data if r["best_cost"] else None,
+            }
+            for r in rows
+        ]
+    )
+
+
+@extend_schema(responses={200: dict})
+@api_view(["GET"])
+def leaderboard_export(request):
+    require(request.membership, "lab.view")
+    return Response(board.leaderboard_export(org=request.org, filters=_filters(request)))
+
+
+@extend_schema(request=dict, responses={201: EntryOut(many=True)})
+@api_view(["POST"])
+@parser_classes([JSONParser, MultiPartParser])
+def leaderboard_import(request):
+    """Import a results bundle (the JSON body, or a `bundle` file upload)."""
+    require(request.membership, "lab.manage")
+    if request.content_type.startswith("multipart/"):
+        upload = request.FILES.get("bundle")
+        raw = upload.read(board.bundles.MAX_BYTES + 1) if upload else b""
+    else:
+        raw = request.body  # the bundle as sent: parsed (and bounded) by the service
+    created = board.leaderboard_import(org=request.org, user=request.user, raw=raw)
+    return Response(EntryOut(created, many=True).data, status=status.HTTP_201_CREATED)
