@@ -1,9 +1,17 @@
 from django.urls import path
 
-from lab import views
+from lab import tuning_views, views
 
 app_name = "lab"
 
 urlpatterns = [
     path("lab/benchmarks/", views.benchmark_list, name="benchmarks"),
+    path("lab/tunings/", tuning_views.tuning_list, name="tunings"),
+    path("lab/tunings/<id:pk>/", tuning_views.tuning_detail, name="tuning"),
+    path(
+        "lab/tunings/<id:pk>/<str:verb>/",
+        tuning_views.tuning_action,
+        name="tuning_action",
+    ),
+    path("lab/leaderboard/", tuning_views.leaderboard_page, name="leaderboard"),
 ]
