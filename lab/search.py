@@ -306,9 +306,9 @@ def build_study(
     sampler = optuna.samplers.TPESampler(
         seed=seed, n_startup_trials=startup, multivariate=True, n_ei_candidates=48
     )
-    # A trial is pruned when its intermediate objective is below the median of earlier
-    # trials at the same load step — after two complete trials, from the second step.
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    # A trial is pruned when its intermediate objective is worse than the median of earlier
+    # trials at the same load step, once three trials have completed.
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0)
     study = optuna.create_study(
         direction=Objective.direction(objective), sampler=sampler, pruner=pruner
     )

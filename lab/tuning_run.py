@@ -95,9 +95,13 @@ def _stop_reason(tuning: Tuning) -> str:
         return f"budget spent ({words})"
     trials = tuning.budget.get("trials", 30)
     patience = max(3, math.ceil(trials / 3))
+    # Only the search's own proposals count: queued warm-start configurations are earlier
+    # knowledge being checked, not the search learning.
     values = [
         t.value if t.state == TrialState.COMPLETE else None
-        for t in tuning.trials.exclude(state=TrialState.RUNNING).order_by("number")
+        for t in tuning.trials.exclude(state=TrialState.RUNNING)
+        .filter(warm=False)
+        .order_by("number")
     ]
     if len(values) >= 2 * patience and search.converged(
         tuning.objective, values, patience=patience, tol=CONVERGENCE_TOL
@@ -244,7 +248,8 @@ def _run_trial(tuning: Tuning, trial: TuningTrial, study, otrial) -> None:
         if value is not None:
             trial.intermediate = {**trial.intermediate, str(step): value}
             otrial.report(value, step)
-            if step < len(levels) - 1 and otrial.should_prune():
+            # Warm-start configurations are measured in full (they were good before).
+            if not trial.warm and step < len(levels) - 1 and otrial.should_prune():
                 raise _Pruned(f"below the median of earlier trials at step {step + 1}")
     Benchmark.objects.filter(pk=bench.pk).update(
         status=BenchmarkStatus.SUCCEEDED, progress=1.0, finished_at=timezone.now()
@@ -284,6 +289,8 @@ def _finish(tuning: Tuning, status: str, reason: str) -> None:
     for t in tuning.trials.filter(state=TrialState.COMPLETE, value__isnull=False):
         if best is None or search.better(tuning.objective, t.value, best.value):
             best = t
+    if status == TuningStatus.SUCCEEDED and best is None:
+        status, reason = TuningStatus.FAILED, f"{reason}; no trial met the SLO"
     Tuning.objects.filter(pk=tuning.pk).update(
         status=status,
         best_trial=best,
