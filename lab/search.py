@@ -106,9 +106,9 @@ def search_space(
 ) -> dict[str, list]:
     """Each tunable flag's candidate values, keyed by the flag's canonical key.
 
-    ``narrow`` ({flag name: [values]}) replaces ladders (values parsed by the flag itself)
-    and may pin a flag to one value; naming a flag that is not tunable is refused on
-    ``space``."""
+    ``narrow`` ({flag name: [values]}), when given, is the whole space: only the flags it
+    names are searched, over its values (each parsed by the flag itself; one value pins
+    the flag). Naming a flag that is not tunable is refused on ``space``."""
     schema = schema_for(engine, version)
     cpus = cpus or os.cpu_count() or 1
     ladders = _LADDERS.get(engine, {})
@@ -123,9 +123,10 @@ def search_space(
             space[key] = _thread_ladder(cpus)
         elif key in ladders:
             space[key] = [v for v in ladders[key] if _fits(flag, v)]
-    if narrow:
-        if not isinstance(narrow, dict):
-            raise ValidationError({"space": "Give an object: {flag name: [values]}."})
+    if narrow is not None:
+        space = {}
+        if not isinstance(narrow, dict) or not narrow:
+                raise ValidationError({"space": "Give an object: {flag name: [values]}."})
         for name, values in narrow.items():
             flag, _ = schema.lookup(str(name))
             if flag is None or not flag.tunable:

@@ -65,7 +65,7 @@ BAD = [
     ({"workload": {"input_tokens": 600}}, "workload"),  # does not fit 512 tokens
     ({"workload": {"input_tokens": "many"}}, "workload.input_tokens"),
     ({"load": {"kind": "rate", "rates": [1]}}, "load.kind"),
-    ({"load": {"concurrency": [0]}}, "load.concurrency"),
+    ({"load": {"concurrency": [0]}}, "load.concurrency[0]"),
     ({"space": {"--host": ["0.0.0.0"]}}, "space"),
     ({"space": {"--n_threads": [10**6]}}, "space"),
     ({"model": None}, "model"),

@@ -53,6 +53,7 @@ def test_gpu_pools_add_gpu_flags_and_other_engines_have_spaces_too():
         ({"--n_batch": [0]}, "a whole number from 1 to 8192"),
         ({"--flash_attn": ["yes"]}, "true or false"),
         (["--n_batch"], "Give an object"),
+        ({}, "Give an object"),
     ],
 )
 def test_narrowing_the_space_is_checked_by_the_flag_schema(narrow, message):
@@ -71,7 +72,7 @@ def test_proposals_never_repeat_and_never_break_engine_rules():
         "llama.cpp", cpus=2, narrow={"--n_batch": [128, 512], "--n_ubatch": [128, 256, 512]}
     )
     history: list[TrialRecord] = []
-    for _ in range(12):
+    for _ in range(4):  # 6 configurations, 2 with n_ubatch > n_batch
         _study, _trial, params = search.propose(
             engine="llama.cpp",
             objective=Objective.MAX_THROUGHPUT,
@@ -81,7 +82,12 @@ def test_proposals_never_repeat_and_never_break_engine_rules():
         )
         assert search.invalid_reason("llama.cpp", params) == ""
         assert params not in [h.params for h in history]
-        history.append(TrialRecord(params=params, state="complete", value=_fake_tps(params)))
+        value = params["n_batch"] / 100 + params["n_ubatch"] / 1000
+        history.append(TrialRecord(params=params, state="complete", value=value))
+    with pytest.raises(ValidationError, match="No valid configuration is left"):
+        search.propose(
+            engine="llama.cpp", objective=Objective.MAX_THROUGHPUT, space=space, history=history
+        )
 
 
 def test_warm_start_configs_are_tried_first():
@@ -100,7 +106,14 @@ def test_warm_start_configs_are_tried_first():
 
 def test_the_search_gets_near_the_grid_best_with_a_fraction_of_the_trials():
     space = search.search_space(
-        "llama.cpp", cpus=4, narrow={"--n_ubatch": [128], "--type_v": [1], "--cache": [False, True]}
+        "llama.cpp",
+        narrow={
+            "--n_threads": [1, 2, 4],
+            "--n_batch": [128, 256, 512, 1024, 2048],
+            "--flash_attn": [False, True],
+            "--type_k": [1, 8, 2],
+            "--cache": [False, True],
+        },
     )
     valid = [p for p in search.grid(space) if not search.invalid_reason("llama.cpp", p)]
     grid_best = max(_fake_tps(p) for p in valid)
