@@ -11,11 +11,12 @@ down, records it as failed, and goes on from the recorded trials.
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from billing.selectors import gpu_hour_cents
@@ -66,6 +67,35 @@ def _log(tuning: Tuning, line: str, **fields) -> None:
 
 def _cancel_requested(tuning: Tuning) -> bool:
     return Tuning.objects.filter(pk=tuning.pk, cancel_requested=True).exists()
+
+
+class _CancelWatch:
+    """Whether a cancel was asked, for code on an event loop (the load generator polls
+    between requests, where the ORM may not be called): a thread asks the database once
+    a second and sets a flag."""
+
+    def __init__(self, tuning_id: int):
+        self.tuning_id = tuning_id
+        self.cancelled = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        try:
+            while not self._done.wait(1.0):
+                if Tuning.objects.filter(pk=self.tuning_id, cancel_requested=True).exists():
+                    self.cancelled.set()
+                    return
+        finally:
+            connection.close()
+
+    def __enter__(self) -> Callable[[], bool]:
+        self._thread.start()
+        return self.cancelled.is_set
+
+    def __exit__(self, *_exc) -> None:
+        self._done.set()
+        self._thread.join()
 
 
 def _records(tuning: Tuning) -> list[search.TrialRecord]:
@@ -221,18 +251,18 @@ def _run_trial(tuning: Tuning, trial: TuningTrial, study, otrial) -> None:
             f"trial {trial.number}: measuring at concurrency {concurrency}",
             phase=f"trial {trial.number}: concurrency {concurrency}",
         )
-        [point] = [
-            p.as_dict()
-            for p in measure(
+        with _CancelWatch(tuning.pk) as cancelled:
+            measured = measure(
                 base_url=replica.url,
                 api_key=engine_api_key(replica.pk),
                 model=d.name,
-                workload=dict(workload, warmup_requests=workload["warmup_requests"] if step == 0 else 0),
+                # Warm-up once per deployment, before its first point.
+                workload=dict(workload, warmup_requests=workload["warmup_requests"] * (step == 0)),
                 load=dict(tuning.load, concurrency=[concurrency]),
                 slo=tuning.slo,
-                should_stop=stop,
+                should_stop=cancelled,
             )
-        ] or [{}]
+        point = measured[0].as_dict() if measured else {}
         if stop():
             raise Cancelled
         point["cost_per_1m_output_tokens"] = _cost(point, gpu_type=trial.gpu_type, gpus=trial.gpus)
