@@ -75,9 +75,13 @@ def setup():
     Deployment.objects.filter(name__startswith="tune-").delete()
     region, _ = Region.objects.get_or_create(code="bench-local", defaults={"name": "bench"})
     pool, _ = GpuPool.objects.get_or_create(
-        region=region, name="cpu", defaults={"driver": Driver.LOCAL, "gpu_type": GpuType.objects.get(code="cpu")}
+        region=region,
+        name="cpu",
+        defaults={"driver": Driver.LOCAL, "gpu_type": GpuType.objects.get(code="cpu")},
     )
-    Node.objects.get_or_create(pool=pool, name="localhost", defaults={"gpus_total": 4, "address": "127.0.0.1"})
+    Node.objects.get_or_create(
+        pool=pool, name="localhost", defaults={"gpus_total": 4, "address": "127.0.0.1"}
+    )
     Node.objects.filter(pool=pool).update(gpus_allocated=0)
     GpuPool.objects.exclude(pk=pool.pk).update(enabled=False)
     user, _ = get_user_model().objects.get_or_create(username="bench-tuner")
@@ -140,30 +144,36 @@ class Observer:
 
         async def handle(request: web.Request):
             body = await request.read()
-            headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type")}
+            headers = {
+                k: v
+                for k, v in request.headers.items()
+                if k.lower() in ("authorization", "content-type")
+            }
             t0 = time.perf_counter()
             first, tokens, pending = None, 0, b""
-            async with ClientSession(timeout=ClientTimeout(total=600)) as s:
-                async with s.request(
+            async with (
+                ClientSession(timeout=ClientTimeout(total=600)) as s,
+                s.request(
                     request.method, self.upstream + request.path_qs, data=body, headers=headers
-                ) as up:
-                    ctype = up.headers.get("Content-Type", "")
-                    resp = web.StreamResponse(status=up.status, headers={"Content-Type": ctype})
-                    await resp.prepare(request)
-                    async for chunk in up.content.iter_any():
-                        pending += chunk
-                        *lines, pending = pending.split(b"\n")
-                        for line in lines:
-                            if not line.startswith(b"data: {"):
-                                continue
-                            event = json.loads(line[6:])
-                            delta = (event.get("choices") or [{}])[0].get("delta") or {}
-                            if first is None and delta.get("content"):
-                                first = time.perf_counter()
-                            if event.get("usage"):
-                                tokens = event["usage"].get("completion_tokens") or tokens
-                        await resp.write(chunk)
-                    await resp.write_eof()
+                ) as up,
+            ):
+                ctype = up.headers.get("Content-Type", "")
+                resp = web.StreamResponse(status=up.status, headers={"Content-Type": ctype})
+                await resp.prepare(request)
+                async for chunk in up.content.iter_any():
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        if not line.startswith(b"data: {"):
+                            continue
+                        event = json.loads(line[6:])
+                        delta = (event.get("choices") or [{}])[0].get("delta") or {}
+                        if first is None and delta.get("content"):
+                            first = time.perf_counter()
+                        if event.get("usage"):
+                            tokens = event["usage"].get("completion_tokens") or tokens
+                    await resp.write(chunk)
+                await resp.write_eof()
             end = time.perf_counter()
             if request.path.endswith("/completions") and up.status == 200:
                 self.records.append({"start": t0, "first": first, "end": end, "tokens": tokens})
@@ -194,11 +204,7 @@ def fidelity(org, user, best_trial, tuning) -> tuple[float, float]:
     from lab.tunings import tuning_deploy
 
     d = tuning_deploy(tuning=tuning, user=user, name="bench-fidelity")
-
-    class T:
-        deployment_id = d.pk
-
-    replica = _wait_ready(T, lambda: False)
+    replica = _wait_ready(d.pk, lambda: False)
     try:
         obs = Observer(replica.url)
         url = obs.start()
@@ -218,9 +224,11 @@ def fidelity(org, user, best_trial, tuning) -> tuple[float, float]:
         ttft_obs = statistics.median((r["first"] - r["start"]) * 1000 for r in recs)
         span = max(r["end"] for r in recs) - min(r["start"] for r in recs)
         tps_obs = sum(r["tokens"] for r in recs) / span
-        print(f"fidelity: Lab TTFT p50 {point.ttft_ms['p50']:.1f} ms vs observer {ttft_obs:.1f} ms; "
-              f"Lab {point.output_tokens_per_s:.2f} tok/s vs observer {tps_obs:.2f} tok/s "
-              f"({len(recs)} requests)")
+        print(
+            f"fidelity: Lab TTFT p50 {point.ttft_ms['p50']:.1f} ms vs observer {ttft_obs:.1f} ms; "
+            f"Lab {point.output_tokens_per_s:.2f} tok/s vs observer {tps_obs:.2f} tok/s "
+            f"({len(recs)} requests)"
+        )
         return point.ttft_ms["p50"] / ttft_obs, point.output_tokens_per_s / tps_obs
     finally:
         deployment_delete(deployment=d)
@@ -234,16 +242,25 @@ def main():
     space = search.search_space("llama.cpp", narrow=SPACE)
     valid = [p for p in search.grid(space) if not search.invalid_reason("llama.cpp", p)]
     budget = max(1, math.floor(len(valid) * SHARE))
-    print(f"space: {len(search.grid(space))} configurations, {len(valid)} valid; "
-          f"search budget {budget} trials ({SHARE:.0%})", flush=True)
+    print(
+        f"space: {len(search.grid(space))} configurations, {len(valid)} valid; "
+        f"search budget {budget} trials ({SHARE:.0%})",
+        flush=True,
+    )
     grid_t = make_tuning(org, user, trials=len(valid), warm=valid)
     grid_t, grid_trials, grid_best, grid_s = run(grid_t)
-    print(f"grid:   {len(grid_trials)} trials in {grid_s:.0f} s, best {grid_best:.2f} tok/s per GPU", flush=True)
+    print(
+        f"grid:   {len(grid_trials)} trials in {grid_s:.0f} s, best {grid_best:.2f} tok/s per GPU",
+        flush=True,
+    )
     search_t = make_tuning(org, user, trials=budget, warm=[])
     search_t, search_trials, search_best, search_s = run(search_t)
     pruned = sum(1 for t in search_trials if t.state == "pruned")
-    print(f"search: {len(search_trials)} trials ({pruned} pruned) in {search_s:.0f} s, "
-          f"best {search_best:.2f} tok/s per GPU ({search_t.stop_reason})", flush=True)
+    print(
+        f"search: {len(search_trials)} trials ({pruned} pruned) in {search_s:.0f} s, "
+        f"best {search_best:.2f} tok/s per GPU ({search_t.stop_reason})",
+        flush=True,
+    )
     for label, trials in (("grid", grid_trials), ("search", search_trials)):
         for t in trials:
             print(f"  {label} #{t.number:>2} {t.state:9} {t.value or 0:8.2f}  {t.params}")

@@ -47,9 +47,10 @@ def leaderboard(*, org, filters: dict | None = None) -> list[dict]:
             },
         )
         row["results"] += 1
-        if row["best_throughput"] is None or e.output_tokens_per_s > row[
-            "best_throughput"
-        ].output_tokens_per_s:
+        if (
+            row["best_throughput"] is None
+            or e.output_tokens_per_s > row["best_throughput"].output_tokens_per_s
+        ):
             row["best_throughput"] = e
         if e.cost_per_1m_output_tokens is not None and (
             row["best_cost"] is None
@@ -82,9 +83,7 @@ def entry_as_result(e: LeaderboardEntry) -> dict:
 
 def leaderboard_export(*, org, filters: dict | None = None) -> dict:
     entries = _filtered(entries_visible(org=org), filters or {}).order_by("pk")
-    return bundles.render_bundle(
-        [entry_as_result(e) for e in entries], exported_at=timezone.now()
-    )
+    return bundles.render_bundle([entry_as_result(e) for e in entries], exported_at=timezone.now())
 
 
 @transaction.atomic

@@ -18,10 +18,11 @@ import os
 import random
 import warnings
 from dataclasses import dataclass, field
+from typing import Literal
 
 import optuna
 from django.core.exceptions import ValidationError
-from optuna.distributions import CategoricalDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import TrialState
 
 from deployments.flags import Flag, render_args, schema_for
@@ -45,7 +46,7 @@ class Objective:
     }
 
     @staticmethod
-    def direction(objective: str) -> str:
+    def direction(objective: str) -> Literal["maximize", "minimize"]:
         return "maximize" if objective == Objective.MAX_THROUGHPUT else "minimize"
 
 
@@ -126,25 +127,25 @@ def search_space(
     if narrow is not None:
         space = {}
         if not isinstance(narrow, dict) or not narrow:
-                raise ValidationError({"space": "Give an object: {flag name: [values]}."})
+            raise ValidationError({"space": "Give an object: {flag name: [values]}."})
         for name, values in narrow.items():
-            flag, _ = schema.lookup(str(name))
-            if flag is None or not flag.tunable:
+            named, _ = schema.lookup(str(name))
+            if named is None or not named.tunable:
                 allowed = ", ".join(sorted(f.name for f in schema.flags if f.tunable))
                 raise ValidationError(
                     {"space": f"{str(name)[:60]!r} is not a tunable flag; tunable: {allowed}."}
                 )
             if not isinstance(values, list) or not 1 <= len(values) <= MAX_LADDER:
                 raise ValidationError(
-                    {"space": f"{flag.name}: give a list of 1 to {MAX_LADDER} values."}
+                    {"space": f"{named.name}: give a list of 1 to {MAX_LADDER} values."}
                 )
             try:
-                parsed = [flag.parse(v) for v in values]
+                parsed = [named.parse(v) for v in values]
             except (TypeError, ValueError):
                 raise ValidationError(
-                    {"space": f"{flag.name}: every value must be {flag.allowed_text()}."}
+                    {"space": f"{named.name}: every value must be {named.allowed_text()}."}
                 ) from None
-            space[flag.key] = list(dict.fromkeys(parsed))
+            space[named.key] = list(dict.fromkeys(parsed))
     space = {k: v for k, v in space.items() if v}
     if not space:
         raise ValidationError({"space": f"{engine} has nothing to tune here."})
@@ -208,13 +209,10 @@ def meets_slo(point: dict, slo: dict) -> bool:
         limit = slo.get(key)
         if limit is None:
             continue
-        if key == "error_rate":
-            measured = float(point.get("error_rate") or 0.0)
-        else:
+        measured: float | None = float(point.get("error_rate") or 0.0)
+        if key != "error_rate":
             measured = _p95(point, key.removesuffix("_p95_ms") + "_ms")
-            if measured is None:
-                return False
-        if measured > float(limit):
+        if measured is None or measured > float(limit):
             return False
     return True
 
@@ -285,7 +283,7 @@ class TrialRecord:
     intermediate: dict[int, float] = field(default_factory=dict)
 
 
-def _distributions(space: dict[str, list]) -> dict[str, CategoricalDistribution]:
+def _distributions(space: dict[str, list]) -> dict[str, BaseDistribution]:
     return {k: CategoricalDistribution(tuple(v)) for k, v in space.items()}
 
 
@@ -370,7 +368,7 @@ def propose(
     # TPE keeps drawing what it has drawn (a small categorical space): take an untried,
     # valid configuration in a seeded order instead, as a trial of the same study.
     order = grid(space)
-    random.Random(seed).shuffle(order)
+    random.Random(seed).shuffle(order)  # noqa: S311 - an order to try, not a secret
     for params in order:
         if params not in tried and not invalid_reason(engine, params):
             study.enqueue_trial(params)

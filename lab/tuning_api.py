@@ -109,7 +109,7 @@ class EntryOut(serializers.ModelSerializer):
 
 def _detail(t: Tuning) -> dict:
     trials = sel.trials_of(t)
-    points, front = sel.pareto_points(t, trials)
+    _points, front = sel.pareto_points(t, trials)
     return {
         **TuningOut(t).data,
         "log_tail": t.log[-4000:],

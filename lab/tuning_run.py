@@ -49,7 +49,7 @@ class Cancelled(Exception):
 
 # What a trial's end means for the benchmark that recorded its points: a pruned trial's
 # points were measured in full, they just stopped early.
-_BENCHMARK_STATUS = {
+_BENCHMARK_STATUS: dict[str, str] = {
     TrialState.COMPLETE: BenchmarkStatus.SUCCEEDED,
     TrialState.PRUNED: BenchmarkStatus.SUCCEEDED,
     TrialState.CANCELLED: BenchmarkStatus.CANCELLED,
@@ -177,15 +177,15 @@ def _finish_trial(trial: TuningTrial, state: str, *, note: str = "", value=None)
     trial.tuning.refresh_from_db(fields=["gpu_seconds"])
 
 
-def _wait_ready(trial: TuningTrial, stop: Callable[[], bool]) -> Replica:
+def _wait_ready(deployment_id: int, stop: Callable[[], bool]) -> Replica:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if stop():
             raise Cancelled
         # Driven here rather than waiting for the worker's queue: this task may hold the
         # only worker slot. The reconciler's lease keeps this and the worker's pass apart.
-        deployment_reconcile(deployment_id=trial.deployment_id)
-        d = Deployment.objects.get(pk=trial.deployment_id)
+        deployment_reconcile(deployment_id=deployment_id)
+        d = Deployment.objects.get(pk=deployment_id)
         if d.status == DeploymentStatus.FAILED:
             raise ValidationError(f"deployment failed: {d.status_reason[:200]}")
         replica = d.replicas.filter(status=ReplicaStatus.RUNNING).first()
@@ -225,7 +225,7 @@ def _run_trial(tuning: Tuning, trial: TuningTrial, study, otrial) -> None:
     trial.deployment = d
     trial.save(update_fields=["deployment"])
     _log(tuning, f"trial {trial.number}: deployment {d.name} starting", phase="starting")
-    replica = _wait_ready(trial, stop)
+    replica = _wait_ready(d.pk, stop)
     bench = Benchmark.objects.create(
         organization=tuning.organization,
         created_by=tuning.created_by,
@@ -382,7 +382,11 @@ def tuning_run(*, tuning_id: int) -> None:
         _log(
             tuning,
             f"trial {trial.number}: {trial.state}"
-            + (f", {trial.value:.4g} {search.Objective.UNITS[tuning.objective]}" if trial.value else "")
+            + (
+                f", {trial.value:.4g} {search.Objective.UNITS[tuning.objective]}"
+                if trial.value
+                else ""
+            )
             + (f" ({trial.note})" if trial.note else ""),
             progress=min(spent, 0.99),
             phase=f"{words} done",

@@ -23,8 +23,8 @@ def access_tuning(org, pk) -> Tuning:
 
 
 def tuning_list(*, org) -> QuerySet[Tuning]:
-    return Tuning.objects.filter(organization=org).select_related("best_trial").order_by(
-        "-created_at"
+    return (
+        Tuning.objects.filter(organization=org).select_related("best_trial").order_by("-created_at")
     )
 
 
@@ -48,9 +48,7 @@ def pareto_points(tuning: Tuning, trials: list[TuningTrial]) -> tuple[list[dict]
                     "concurrency": p.get("concurrency"),
                     "tps_per_gpu": round(float(p.get("output_tokens_per_s") or 0) / t.gpus, 3),
                     "tps_per_user": round(
-                        float(
-                            p.get("output_tokens_per_s_per_user") or search.per_user_tps(p)
-                        ),
+                        float(p.get("output_tokens_per_s_per_user") or search.per_user_tps(p)),
                         3,
                     ),
                     "meets_slo": search.meets_slo(p, tuning.slo),
@@ -76,7 +74,9 @@ def chart(points: list[dict], front: list[dict]) -> dict:
     for p in points:
         x, y = xy(p)
         dots.append({**p, "x": x, "y": y, "front": (p["trial"], p["concurrency"]) in on_front})
-    line = " ".join(f"{x},{y}" for x, y in (xy(p) for p in sorted(front, key=lambda p: p["tps_per_user"])))
+    line = " ".join(
+        f"{x},{y}" for x, y in (xy(p) for p in sorted(front, key=lambda p: p["tps_per_user"]))
+    )
     return {
         "w": CHART_W,
         "h": CHART_H,
@@ -118,9 +118,9 @@ def why_best(tuning: Tuning, trials: list[TuningTrial]) -> str:
     if others:
         runner = others[0]
         gap = abs(best.value - (runner.value or 0)) / max(abs(runner.value or 0), 1e-9)
+        worse = "less" if search.Objective.direction(tuning.objective) == "maximize" else "more"
         words.append(
-            f"The runner-up, trial {runner.number}, gave {runner.value:.4g} "
-            f"({gap:.1%} {'less' if search.Objective.direction(tuning.objective) == 'maximize' else 'more'})."
+            f"The runner-up, trial {runner.number}, gave {runner.value:.4g} ({gap:.1%} {worse})."
         )
         changed = [k for k in best.params if best.params.get(k) != runner.params.get(k)]
         if changed:

@@ -48,9 +48,7 @@ WARM_CONFIGS = 3
 
 def _budget(value) -> dict:
     if not isinstance(value, dict) or len(value) != 1:
-        raise ValidationError(
-            {"budget": 'Give exactly one of {"trials": n} or {"gpu_hours": h}.'}
-        )
+        raise ValidationError({"budget": 'Give exactly one of {"trials": n} or {"gpu_hours": h}.'})
     [(key, number)] = value.items()
     if key == "trials":
         if isinstance(number, bool) or not isinstance(number, int):
@@ -77,7 +75,7 @@ def _gpu_types(value) -> tuple[list[GpuType], dict[str, list[str]]]:
     """The GPU types asked for, each with the enabled regions that have a pool of it."""
     if not isinstance(value, list) or not 1 <= len(value) <= MAX_GPU_TYPES:
         raise ValidationError(
-            {"gpu_types": f"Give a list of 1 to {MAX_GPU_TYPES} GPU type codes, e.g. [\"cpu\"]."}
+            {"gpu_types": f'Give a list of 1 to {MAX_GPU_TYPES} GPU type codes, e.g. ["cpu"].'}
         )
     if not all(isinstance(v, str) for v in value) or len(set(value)) != len(value):
         raise ValidationError({"gpu_types": "Give each GPU type code once, as text."})
@@ -214,9 +212,7 @@ def tuning_create(
             }
         )
     schema = schema_for(profile.engine)
-    clean_space = search.search_space(
-        profile.engine, cpu=all(g.is_cpu for g in gpus), narrow=space
-    )
+    clean_space = search.search_space(profile.engine, cpu=all(g.is_cpu for g in gpus), narrow=space)
     if len(gpus) > 1:
         clean_space["gpu_type"] = [g.code for g in gpus]
     seed = random.SystemRandom().randrange(2**31)
@@ -412,4 +408,3 @@ def leaderboard_record(tuning: Tuning) -> LeaderboardEntry | None:
         },
     )
     return entry
-

@@ -1,4 +1,4 @@
-"""Fixtures and helpers the tuning tests share (imported by each test module)."""
+"""Fixtures and helpers the tuning tests share."""
 
 import pytest
 

@@ -154,7 +154,9 @@ def test_objectives_take_the_best_point_that_meets_the_slo():
 
 
 def test_convergence_and_the_pareto_front():
-    assert search.converged(Objective.MAX_THROUGHPUT, [5, 10, 10.01, 9, 10.02], patience=3, tol=0.01)
+    assert search.converged(
+        Objective.MAX_THROUGHPUT, [5, 10, 10.01, 9, 10.02], patience=3, tol=0.01
+    )
     assert not search.converged(Objective.MAX_THROUGHPUT, [5, 10, 12, 9, 10], patience=3, tol=0.01)
     assert search.converged(Objective.MIN_COST, [5, 3, 3.5, 4, None], patience=3, tol=0.01)
     front = search.pareto_front(

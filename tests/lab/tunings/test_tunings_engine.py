@@ -6,13 +6,7 @@ import pytest
 from deployments.models import Deployment, Node, Replica
 from lab.models import Benchmark, TrialState, Tuning
 from lab.tuning_run import tuning_run
-from tests.lab.tunings_common import (  # noqa: F401 - fixtures
-    _isolated_var,
-    catalog,
-    local_pool,
-    replica_var,
-    tuning_body,
-)
+from tests.lab.tunings.conftest import tuning_body
 
 LIVE = ["pending", "starting", "running", "stopping"]
 
@@ -45,7 +39,9 @@ def test_a_small_real_tuning_measures_each_trial_and_releases_its_gpus(
     assert len(body["trials"]) == 2 and "budget spent" in body["stop_reason"]
     assert {t["state"] for t in body["trials"]} <= {"complete", "pruned"}
     first = body["trials"][0]
-    assert first["points"][0]["output_tokens_per_s"] > 0 and first["points"][0]["ttft_ms"]["p95"] > 0
+    assert (
+        first["points"][0]["output_tokens_per_s"] > 0 and first["points"][0]["ttft_ms"]["p95"] > 0
+    )
     assert first["points"][0]["cost_per_1m_output_tokens"] > 0  # from the CPU slot's rate
     assert body["best"] is not None and body["pareto"]
     # Each trial ran the flags it was given, on a real deployment, and was recorded as a

@@ -10,15 +10,7 @@ from django.urls import reverse
 from lab.models import LeaderboardEntry, Tuning
 from marketplace.models import CatalogModel, ServingProfile
 from tests.conftest import owner_of
-from tests.lab.tunings_common import (  # noqa: F401 - fixtures
-    DEMO_SLUG,
-    _isolated_var,
-    catalog,
-    finished_tuning,
-    local_pool,
-    replica_var,
-    tuning_body,
-)
+from tests.lab.tunings.conftest import DEMO_SLUG, finished_tuning, tuning_body
 
 pytestmark = pytest.mark.django_db
 
@@ -144,9 +136,10 @@ def test_only_staff_or_catalog_maintainers_publish_and_the_model_page_shows_prov
     t = finished_tuning(org_a, owner)
     api = api_client_for(org_a, owner)
     denied = api.post(f"/api/v1/tunings/{t.pk}/publish", {}, format="json")
-    assert denied.status_code == 403 and not ServingProfile.objects.filter(
-        name__startswith="tuned-"
-    ).exists()
+    assert (
+        denied.status_code == 403
+        and not ServingProfile.objects.filter(name__startswith="tuned-").exists()
+    )
     owner.user_permissions.add(Permission.objects.get(codename="change_servingprofile"))
     r = api_client_for(org_a, type(owner).objects.get(pk=owner.pk)).post(
         f"/api/v1/tunings/{t.pk}/publish", {}, format="json"
@@ -252,15 +245,23 @@ def test_bundle_that_is_not_json_or_too_big_is_refused(org_a, api_client_for):
     assert not LeaderboardEntry.objects.exists()
 
 
-def test_pages_list_form_errors_detail_chart_and_leaderboard(catalog, local_pool, org_a, web_client):
+def test_pages_list_form_errors_detail_chart_and_leaderboard(
+    catalog, local_pool, org_a, web_client
+):
     client = web_client(owner_of(org_a), org_a)
     t = finished_tuning(org_a, owner_of(org_a))
     page = client.get(reverse("lab:tunings")).content.decode()
     assert f'href="/lab/tunings/{t.pk}/"' in page and "Start tuning" in page
     bad = client.post(
         reverse("lab:tunings"),
-        {"model": DEMO_SLUG, "gpu_types": ["cpu"], "objective": "max_throughput_under_slo",
-         "ttft_p95_ms": "5000", "budget_kind": "trials", "budget_value": "0"},
+        {
+            "model": DEMO_SLUG,
+            "gpu_types": ["cpu"],
+            "objective": "max_throughput_under_slo",
+            "ttft_p95_ms": "5000",
+            "budget_kind": "trials",
+            "budget_value": "0",
+        },
     )
     assert bad.status_code == 400 and "budget.trials" in bad.content.decode()
     assert Tuning.objects.count() == 1
@@ -274,7 +275,9 @@ def test_pages_list_form_errors_detail_chart_and_leaderboard(catalog, local_pool
     assert "No results yet" in empty
 
 
-def test_tuning_list_api_query_count_is_flat(catalog, org_a, api_client_for, django_assert_max_num_queries):
+def test_tuning_list_api_query_count_is_flat(
+    catalog, org_a, api_client_for, django_assert_max_num_queries
+):
     for _ in range(3):
         finished_tuning(org_a, owner_of(org_a))
     api = api_client_for(org_a)
