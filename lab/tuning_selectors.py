@@ -117,7 +117,7 @@ def why_best(tuning: Tuning, trials: list[TuningTrial]) -> str:
     )
     if others:
         runner = others[0]
-        gap = abs(best.value - (runner.value or 0)) / max(abs(runner.value or 0), 1e-9)
+        gap = abs(best.value - (runner.value or 0)) / max(abs(best.value), 1e-9)
         worse = "less" if search.Objective.direction(tuning.objective) == "maximize" else "more"
         words.append(
             f"The runner-up, trial {runner.number}, gave {runner.value:.4g} ({gap:.1%} {worse})."

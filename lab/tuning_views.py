@@ -1,6 +1,8 @@
 """Tuning and leaderboard pages. Thin: parse the form, check access, call the services in
 lab.tunings / lab.leaderboard (the API calls the same ones), render."""
 
+import json
+
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
@@ -30,6 +32,18 @@ def _number(data, name: str):
         return text  # the service names the field and says what is allowed
 
 
+def _space(data):
+    text = (data.get("space") or "").strip()
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise ValidationError(
+            {"space": 'Write JSON, e.g. {"--n_threads": [1, 2], "--n_batch": [128, 512]}.'}
+        ) from None
+
+
 def _form_to_request(data) -> dict:
     """The form's flat fields as the API's JSON shapes."""
     budget_kind = data.get("budget_kind") or "trials"
@@ -53,6 +67,7 @@ def _form_to_request(data) -> dict:
             "kind": "concurrency",
             "concurrency": [int(c) if c.isdigit() else c for c in concurrency] or [1, 2, 4],
         },
+        "space": _space(data),
     }
 
 
@@ -64,9 +79,8 @@ def tuning_list(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         require(request.membership, "lab.manage")
         try:
-            tuning = tunings.tuning_create(
-                organization=request.org, user=request.user, **_form_to_request(request.POST)
-            )
+            asked = _form_to_request(request.POST)
+            tuning = tunings.tuning_create(organization=request.org, user=request.user, **asked)
         except ValidationError as exc:
             errors = _errors(exc)
         else:
