@@ -17,15 +17,9 @@ from dataclasses import dataclass
 
 import aiohttp
 
-WORDS = (
-    "the of and to in is for on that with as it by at from this be or are an was have not "
-    "but all can one which their has more will other about time new some these would when "
-    "use two may first any work also there like over people most only year into just make "
-    "well made such find back good way could then know need part many where much each "
-    "long day since very place right help between through high same little world under "
-    "both show life small side last point city water home house state name line end level "
-    "group number system order case week market family team road game land light body"
-).split()
+from deployments.bench_model import COMMON_WORDS
+
+WORDS = COMMON_WORDS
 
 
 @dataclass
@@ -63,7 +57,7 @@ def _spread(rng: random.Random, mean: int, spread: float) -> int:
 
 def prompts_for_point(workload: dict, *, seed: int) -> list[Job]:
     """The point's requests, the same for the same (workload, seed): a run can be replayed."""
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - replayable prompts, not secrets
     n = workload["requests_per_point"]
     kind = workload["kind"]
     jobs: list[Job] = []
@@ -80,10 +74,8 @@ def prompts_for_point(workload: dict, *, seed: int) -> list[Job]:
             )
         return jobs
     # Shared prefixes are drawn from their own stream so every point reuses the same ones.
-    prefix_rng = random.Random(workload.get("seed") or 0)
-    prefixes = [
-        _text(prefix_rng, workload["prefix_tokens"]) for _ in range(workload["prefixes"])
-    ]
+    prefix_rng = random.Random(workload.get("seed") or 0)  # noqa: S311
+    prefixes = [_text(prefix_rng, workload["prefix_tokens"]) for _ in range(workload["prefixes"])]
     for _ in range(n):
         body = _text(rng, _spread(rng, workload["input_tokens"], workload["input_spread"]))
         out = _spread(rng, workload["output_tokens"], workload["output_spread"])
@@ -128,11 +120,15 @@ class Session:
 
     async def run_job(self, job: Job, *, timeout_s: float) -> list[RequestResult]:
         if job.messages is None:
-            return [await self.stream(prompt=job.prompt, max_tokens=job.max_tokens, timeout_s=timeout_s)]
+            return [
+                await self.stream(prompt=job.prompt, max_tokens=job.max_tokens, timeout_s=timeout_s)
+            ]
         messages = list(job.messages)
         results = []
         for turn in range(job.turns):
-            r, answer = await self.stream_chat(messages, max_tokens=job.max_tokens, timeout_s=timeout_s)
+            r, answer = await self.stream_chat(
+                messages, max_tokens=job.max_tokens, timeout_s=timeout_s
+            )
             results.append(r)
             if not r.ok or turn == job.turns - 1:
                 break
@@ -153,8 +149,11 @@ class Session:
         body = {"model": self.model, "messages": messages, "max_tokens": max_tokens}
         return await self._stream("/v1/chat/completions", body, timeout_s=timeout_s)
 
-    async def _stream(self, path: str, body: dict, *, timeout_s: float) -> tuple[RequestResult, str]:
-        assert self.http is not None
+    async def _stream(
+        self, path: str, body: dict, *, timeout_s: float
+    ) -> tuple[RequestResult, str]:
+        if self.http is None:
+            raise RuntimeError("use the Session in an async with block")
         body = {**body, "stream": True, "stream_options": {"include_usage": True}}
         start = time.perf_counter()
         token_times: list[float] = []

@@ -14,7 +14,7 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 
 from lab.loadgen import RequestResult, Session, prompts_for_point
@@ -49,6 +49,7 @@ class Point:
 
 ProgressFn = Callable[[float, str], None]
 StopFn = Callable[[], bool]
+AsyncStop = Callable[[], Awaitable[bool]]
 
 
 def _pct(values: list[float]) -> dict[str, float]:
@@ -121,7 +122,7 @@ async def _run_point(
     concurrency: int | None,
     rate: float | None,
     timeout_s: float,
-    should_stop: StopFn,
+    should_stop: AsyncStop,
 ) -> tuple[list[RequestResult], float]:
     jobs = prompts_for_point(workload, seed=seed)
     results: list[RequestResult] = []
@@ -130,7 +131,7 @@ async def _run_point(
         queue.put_nowait(job)
 
     async def closed_loop() -> None:
-        while not queue.empty() and not should_stop():
+        while not queue.empty() and not await should_stop():
             job = queue.get_nowait()
             results.extend(await session.run_job(job, timeout_s=timeout_s))
 
@@ -139,10 +140,10 @@ async def _run_point(
         await asyncio.gather(*(closed_loop() for _ in range(concurrency or 1)))
     else:
         # Poisson arrivals: exponential gaps drawn from the point's own seed.
-        rng = random.Random(seed ^ 0x5EED)
+        rng = random.Random(seed ^ 0x5EED)  # noqa: S311 - replayable arrivals, not secrets
         tasks = []
         for job in jobs:
-            if should_stop():
+            if await should_stop():
                 break
             tasks.append(asyncio.create_task(session.run_job(job, timeout_s=timeout_s)))
             await asyncio.sleep(rng.expovariate(rate))
@@ -166,15 +167,23 @@ async def measure_async(
     on_progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
     before_point: Callable[[], None] | None = None,
+    on_point: Callable[[Point], None] | None = None,
 ) -> list[Point]:
-    progress = on_progress or (lambda _f, _m: None)
-    stop = should_stop or (lambda: False)
+    # Callers' callbacks may touch the database (Django refuses that inside an event
+    # loop), so each runs in a worker thread.
+    async def progress(fraction: float, message: str) -> None:
+        if on_progress:
+            await asyncio.to_thread(on_progress, fraction, message)
+
+    async def stop() -> bool:
+        return bool(should_stop) and await asyncio.to_thread(should_stop)  # type: ignore[arg-type]
+
     seed = workload.get("seed")
     seed = 0 if seed is None else seed
     points: list[Point] = []
     async with Session(base_url=base_url, api_key=api_key, model=model) as session:
         if workload.get("warmup_requests"):
-            progress(0.0, f"warm-up: {workload['warmup_requests']} requests (not counted)")
+            await progress(0.0, f"warm-up: {workload['warmup_requests']} requests (not counted)")
             warm = dict(workload, requests_per_point=workload["warmup_requests"])
             await _run_point(
                 session,
@@ -199,26 +208,29 @@ async def measure_async(
                 timeout_s=load["timeout_s"],
                 should_stop=stop,
             )
-            return summarize(
+            p = summarize(
                 results, duration_s=dur, slo=slo, seed=ps, concurrency=concurrency, rate=rate
             )
+            if on_point:
+                await asyncio.to_thread(on_point, p)
+            return p
 
         if load["kind"] == "slo_search":
             points = await _slo_search(one, load=load, progress=progress, stop=stop)
         else:
             plan = [(c, None) for c in load["concurrency"]] + [(None, r) for r in load["rates"]]
             for i, (c, r) in enumerate(plan):
-                if stop():
+                if await stop():
                     break
                 label = f"concurrency {c}" if c is not None else f"rate {r:g}/s"
-                progress(i / len(plan), f"point {i + 1}/{len(plan)}: {label}")
+                await progress(i / len(plan), f"point {i + 1}/{len(plan)}: {label}")
                 p = await one(i, c, r)
                 points.append(p)
-                progress((i + 1) / len(plan), _point_line(p))
+                await progress((i + 1) / len(plan), _point_line(p))
     return points
 
 
-async def _slo_search(one, *, load: dict, progress: ProgressFn, stop: StopFn) -> list[Point]:
+async def _slo_search(one, *, load: dict, progress, stop: AsyncStop) -> list[Point]:
     """The highest concurrency that meets the SLO: double until it fails (or the cap), then
     bisect between the last pass and the first failure."""
     points: list[Point] = []
@@ -228,24 +240,25 @@ async def _slo_search(one, *, load: dict, progress: ProgressFn, stop: StopFn) ->
 
     async def at(c: int) -> Point:
         if c not in tried:
-            progress(min(len(points) / steps_max, 0.99), f"point {len(points) + 1}: concurrency {c}")
+            frac = min(len(points) / steps_max, 0.99)
+            await progress(frac, f"point {len(points) + 1}: concurrency {c}")
             tried[c] = await one(len(points), c, None)
             points.append(tried[c])
-            progress(min(len(points) / steps_max, 0.99), _point_line(tried[c]))
+            await progress(min(len(points) / steps_max, 0.99), _point_line(tried[c]))
         return tried[c]
 
     good, bad, c = 0, None, 1
-    while c <= cap and not stop():
+    while c <= cap and not await stop():
         if (await at(c)).meets_slo:
             good, c = c, c * 2
         else:
             bad = c
             break
-    if bad is None and good < cap and not stop() and (await at(cap)).meets_slo:
+    if bad is None and good < cap and not await stop() and (await at(cap)).meets_slo:
         good = cap
     elif bad is None and good < cap:
         bad = cap
-    while bad is not None and bad - good > 1 and not stop():
+    while bad is not None and bad - good > 1 and not await stop():
         mid = (good + bad) // 2
         if (await at(mid)).meets_slo:
             good = mid
@@ -274,12 +287,14 @@ def measure(
     on_progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
     before_point: Callable[[], None] | None = None,
+    on_point: Callable[[Point], None] | None = None,
 ) -> list[Point]:
     """Measure ``base_url`` (the part before ``/v1/...``) and return one Point per load
     point. Blocking; runs its own event loop. ``on_progress(fraction, message)`` is called
     as points start and finish; ``should_stop()`` is polled between requests (a cancelled
     run returns the points finished so far); ``before_point()`` runs before each point
-    (e.g. reset the engine's prefix cache)."""
+    (e.g. reset the engine's prefix cache); ``on_point(point)`` gets each point as it is
+    measured."""
     return asyncio.run(
         measure_async(
             base_url=base_url,
@@ -291,5 +306,6 @@ def measure(
             on_progress=on_progress,
             should_stop=should_stop,
             before_point=before_point,
+            on_point=on_point,
         )
     )

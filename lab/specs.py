@@ -190,8 +190,10 @@ def load_parse(value) -> dict:
         if not isinstance(rates, list) or not 1 <= len(rates) <= MAX_POINTS:
             raise _fail("load.rates", f"Give a list of 1 to {MAX_POINTS} rates (requests/s).")
         ld["rates"] = sorted(
-            {_num(r, f"load.rates[{i}]", 0.01, MAX_RATE, unit=" of requests/s")
-             for i, r in enumerate(rates)}
+            {
+                _num(r, f"load.rates[{i}]", 0.01, MAX_RATE, unit=" of requests/s")
+                for i, r in enumerate(rates)
+            }
         )
         ld["concurrency"] = []
     else:
@@ -208,7 +210,9 @@ def slo_parse(value, *, load_kind: str = "") -> dict:
     if load_kind == "slo_search" and all(
         s[k] is None for k in ("ttft_p95_ms", "itl_p95_ms", "e2e_p95_ms")
     ):
-        raise _fail("slo", "An SLO search needs at least one of ttft_p95_ms, itl_p95_ms, e2e_p95_ms.")
+        raise _fail(
+            "slo", "An SLO search needs at least one of ttft_p95_ms, itl_p95_ms, e2e_p95_ms."
+        )
     return s
 
 

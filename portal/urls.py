@@ -9,6 +9,7 @@ from rest_framework.routers import SimpleRouter
 from billing import api as billing_api
 from builder import api as builder_api
 from deployments import api as deployments_api
+from lab import api as lab_api
 from lab import tuning_api as lab_tuning_api
 from marketplace import api as marketplace_api
 from portal import api, views
@@ -36,6 +37,7 @@ router.register("models", marketplace_api.CatalogViewSet, basename="model")
 router.register("builds", builder_api.BuildViewSet, basename="build")
 router.register("uploads", builder_api.UploadViewSet, basename="upload")
 router.register("invoices", billing_api.InvoiceViewSet, basename="invoice")
+router.register("benchmarks", lab_api.BenchmarkViewSet, basename="benchmark")
 router.register("tunings", lab_tuning_api.TuningViewSet, basename="tuning")
 
 portal_patterns = (

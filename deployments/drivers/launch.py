@@ -24,7 +24,15 @@ from deployments.engines import engine_command
 
 # Flags Gantry sets, by engine, in their canonical spelling (dashes).
 _OWN_FLAGS = {
-    "llama.cpp": {"host", "port", "model", "model-alias", "api-key", "config-file"},
+    "llama.cpp": {
+        "host",
+        "port",
+        "model",
+        "model-alias",
+        "api-key",
+        "config-file",
+        "interrupt-requests",
+    },
     "vllm": {"host", "port", "model", "served-model-name", "api-key", "uds"},
     "sglang": {"host", "port", "model-path", "served-model-name", "api-key"},
 }
@@ -73,7 +81,11 @@ def engine_launch(
     # the file path it loaded (which would tell a tenant about the node's folders).
     name = spec.deployment_name
     if spec.engine == "llama.cpp":
-        return Launch([*argv, "--model_alias", name], {"API_KEY": key})
+        # llama-cpp-python's server, by default, ends the answer it is streaming when
+        # another request arrives (its one model serves one request at a time): concurrent
+        # clients got truncated answers. Off, they queue and each gets its whole answer.
+        own = ["--model_alias", name, "--interrupt_requests", "False"]
+        return Launch([*argv, *own], {"API_KEY": key})
     if spec.engine == "vllm":
         return Launch([*argv, "--served-model-name", name], {"VLLM_API_KEY": key})
     if spec.engine == "sglang":
