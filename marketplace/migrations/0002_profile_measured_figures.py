@@ -15,4 +15,9 @@ class Migration(migrations.Migration):
             name='measured',
             field=models.JSONField(blank=True, default=dict),
         ),
+        migrations.AlterField(
+            model_name='servingprofile',
+            name='quantization',
+            field=models.CharField(choices=[('bf16', 'BF16'), ('fp8', 'FP8'), ('int8', 'INT8'), ('awq-int4', 'AWQ INT4'), ('gptq-int4', 'GPTQ INT4'), ('q8_0', 'GGUF Q8_0'), ('q4_k_m', 'GGUF Q4_K_M'), ('f32', 'F32'), ('f16', 'F16')], max_length=16),
+        ),
     ]
