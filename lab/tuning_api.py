@@ -2,7 +2,8 @@
 (lab.tunings, lab.leaderboard) and the selectors the pages use too."""
 
 from django.core.exceptions import PermissionDenied
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action, api_view, parser_classes
 from rest_framework.parsers import JSONParser, MultiPartParser
@@ -43,6 +44,23 @@ class DeployIn(serializers.Serializer):
 # --- Output ---------------------------------------------------------------------------
 
 
+class TrialOut(serializers.Serializer):
+    number = serializers.IntegerField()
+    state = serializers.CharField()
+    gpu_type = serializers.CharField()
+    params = serializers.DictField()
+    launch = serializers.ListField(child=serializers.CharField())
+    value = serializers.FloatField(allow_null=True)
+    note = serializers.CharField()
+    warm_start = serializers.BooleanField()
+    points = serializers.ListField(child=serializers.DictField())
+    benchmark = serializers.IntegerField(allow_null=True)
+    deployment = serializers.IntegerField(allow_null=True)
+    gpu_seconds = serializers.FloatField()
+    started_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+
 class TuningOut(serializers.ModelSerializer):
     model = serializers.SerializerMethodField()
     best = serializers.SerializerMethodField()
@@ -77,6 +95,7 @@ class TuningOut(serializers.ModelSerializer):
     def get_model(self, t) -> str:
         return t.catalog_model.slug if t.catalog_model else t.model_label
 
+    @extend_schema_field(TrialOut(allow_null=True))
     def get_best(self, t) -> dict | None:
         if t.best_trial is None:
             return None
@@ -107,6 +126,33 @@ class EntryOut(serializers.ModelSerializer):
         ]
 
 
+class ParetoPointOut(serializers.Serializer):
+    trial = serializers.IntegerField()
+    concurrency = serializers.IntegerField(allow_null=True)
+    tps_per_gpu = serializers.FloatField()
+    tps_per_user = serializers.FloatField()
+    meets_slo = serializers.BooleanField()
+
+
+class TuningDetailOut(TuningOut):
+    log_tail = serializers.CharField()
+    trials = TrialOut(many=True)
+    pareto = ParetoPointOut(many=True)
+    why_best = serializers.CharField()
+
+    class Meta(TuningOut.Meta):
+        fields = [*TuningOut.Meta.fields, "log_tail", "trials", "pareto", "why_best"]
+
+
+class PublishOut(serializers.Serializer):
+    model = serializers.CharField()
+    profile = serializers.CharField()
+    gpu_type = serializers.CharField()
+    launch = serializers.ListField(child=serializers.CharField())
+    throughput_tokens_s = serializers.IntegerField()
+    measured = serializers.DictField()
+
+
 def _detail(t: Tuning) -> dict:
     trials = sel.trials_of(t)
     _points, front = sel.pareto_points(t, trials)
@@ -135,11 +181,12 @@ class TuningViewSet(viewsets.GenericViewSet):
         page = self.paginate_queryset(self.get_queryset())
         return self.get_paginated_response(TuningOut(page, many=True).data)
 
+    @extend_schema(responses=TuningDetailOut)
     def retrieve(self, request, pk=None):
         require(request.membership, "lab.view")
         return Response(_detail(sel.access_tuning(request.org, pk)))
 
-    @extend_schema(request=TuningIn, responses={201: TuningOut})
+    @extend_schema(request=TuningIn, responses={201: TuningDetailOut})
     def create(self, request):
         require(request.membership, "lab.manage")
         data = TuningIn(data=request.data)
@@ -171,7 +218,7 @@ class TuningViewSet(viewsets.GenericViewSet):
         )
         return Response(DeploymentOut(deployment).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=None, responses={200: dict})
+    @extend_schema(request=None, responses=PublishOut)
     @action(detail=True, methods=["post"])
     def publish(self, request, pk=None):
         tuning = sel.access_tuning(request.org, pk)
@@ -190,11 +237,24 @@ class TuningViewSet(viewsets.GenericViewSet):
         )
 
 
+class LeaderboardRowOut(serializers.Serializer):
+    model = serializers.CharField()
+    family = serializers.CharField()
+    gpu_type = serializers.CharField()
+    engine = serializers.CharField()
+    results = serializers.IntegerField()
+    best_throughput = EntryOut()
+    best_cost = EntryOut(allow_null=True)
+
+
 def _filters(request) -> dict:
     return {k: request.query_params.get(k, "") for k in board.FILTERS}
 
 
-@extend_schema(responses=EntryOut(many=True))
+@extend_schema(
+    parameters=[OpenApiParameter(k, str, required=False) for k in board.FILTERS],
+    responses=LeaderboardRowOut(many=True),
+)
 @api_view(["GET"])
 def leaderboard(request):
     """Per model × GPU type × engine: the best throughput and the best cost per 1M output
@@ -213,14 +273,17 @@ def leaderboard(request):
     )
 
 
-@extend_schema(responses={200: dict})
+@extend_schema(
+    parameters=[OpenApiParameter(k, str, required=False) for k in board.FILTERS],
+    responses={200: OpenApiTypes.OBJECT},
+)
 @api_view(["GET"])
 def leaderboard_export(request):
     require(request.membership, "lab.view")
     return Response(board.leaderboard_export(org=request.org, filters=_filters(request)))
 
 
-@extend_schema(request=dict, responses={201: EntryOut(many=True)})
+@extend_schema(request=OpenApiTypes.OBJECT, responses={201: EntryOut(many=True)})
 @api_view(["POST"])
 @parser_classes([JSONParser, MultiPartParser])
 def leaderboard_import(request):
