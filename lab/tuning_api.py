@@ -1,12 +1,15 @@
 """REST API for tunings and the leaderboard. Thin: parse, check access, call the services
 (lab.tunings, lab.leaderboard) and the selectors the pages use too."""
 
-from django.core.exceptions import PermissionDenied
+import json
+
+from django.core.exceptions import PermissionDenied, ValidationError
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action, api_view, parser_classes
-from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.exceptions import ParseError
+from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 
 from deployments.api import DeploymentOut
@@ -15,6 +18,7 @@ from lab import tuning_selectors as sel
 from lab import tunings
 from lab.models import LeaderboardEntry, Tuning
 from portal.access import require
+from portal.parsers import JSONObjectParser
 
 # --- Input ----------------------------------------------------------------------------
 
@@ -283,16 +287,29 @@ def leaderboard_export(request):
     return Response(board.leaderboard_export(org=request.org, filters=_filters(request)))
 
 
+class _BundleParser(JSONObjectParser):
+    """A bundle is foreign input: nesting deep enough to exhaust the decoder is a 400."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise ParseError("The JSON is nested too deeply.") from None
+
+
 @extend_schema(request=OpenApiTypes.OBJECT, responses={201: EntryOut(many=True)})
 @api_view(["POST"])
-@parser_classes([JSONParser, MultiPartParser])
+@parser_classes([_BundleParser, MultiPartParser])
 def leaderboard_import(request):
     """Import a results bundle (the JSON body, or a `bundle` file upload)."""
     require(request.membership, "lab.manage")
+    # Refused by size before anything is parsed.
+    if int(request.META.get("CONTENT_LENGTH") or 0) > board.bundles.MAX_BYTES + 64 * 1024:
+        raise ValidationError({"bundle": f"At most {board.bundles.MAX_BYTES // 1024} KiB."})
     if request.content_type.startswith("multipart/"):
         upload = request.FILES.get("bundle")
         raw = upload.read(board.bundles.MAX_BYTES + 1) if upload else b""
     else:
-        raw = request.body  # the bundle as sent: parsed (and bounded) by the service
+        raw = json.dumps(request.data).encode()  # parsed by the service, field by field
     created = board.leaderboard_import(org=request.org, user=request.user, raw=raw)
     return Response(EntryOut(created, many=True).data, status=status.HTTP_201_CREATED)

@@ -239,7 +239,8 @@ def test_bad_bundles_are_refused_whole_naming_the_field(make, names, org_a, api_
 
 def test_bundle_that_is_not_json_or_too_big_is_refused(org_a, api_client_for):
     api = api_client_for(org_a)
-    for raw in (b"", b"{not json", b"[" * 100_000 + b"]" * 100_000):
+    huge = b'{"format": "' + b"a" * (2 << 20) + b'"}'
+    for raw in (b"", b"{not json", b"[" * 100_000 + b"]" * 100_000, huge, b"[]"):
         r = api.post("/api/v1/leaderboard/import", raw, content_type="application/json")
         assert r.status_code == 400, raw[:20]
     assert not LeaderboardEntry.objects.exists()
