@@ -285,3 +285,13 @@ def test_tuning_list_api_query_count_is_flat(
     with django_assert_max_num_queries(12):
         r = api.get("/api/v1/tunings")
     assert r.json()["count"] == 3
+
+
+def test_a_new_tuning_of_the_same_family_is_warm_started_with_earlier_winners(
+    catalog, local_pool, org_a, org_b, api_client_for, django_capture_on_commit_callbacks
+):
+    finished_tuning(org_a, owner_of(org_a))  # best: n_threads=2
+    finished_tuning(org_b, owner_of(org_b), values=(50.0,))  # another organization's
+    with django_capture_on_commit_callbacks(execute=False):
+        r = api_client_for(org_a).post("/api/v1/tunings", tuning_body(), format="json")
+    assert Tuning.objects.get(pk=r.json()["id"]).warm_start == [{"n_threads": 2}]
