@@ -6,7 +6,7 @@ import time
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from billing.selectors import gpu_hour_cents
@@ -115,6 +115,19 @@ def benchmark_cancel(*, benchmark: Benchmark) -> Benchmark:
     )
     benchmark.refresh_from_db()
     return benchmark
+
+
+def _in_thread(fn):
+    """The runner calls these from its worker threads: each closes the connection it
+    opened, so none outlives the run."""
+
+    def call(*args):
+        try:
+            return fn(*args)
+        finally:
+            connection.close()
+
+    return call
 
 
 class _Progress:
@@ -234,10 +247,10 @@ def benchmark_run(*, benchmark_id: int) -> Benchmark:
             workload=bench.workload,
             load=bench.load,
             slo=bench.slo,
-            on_progress=progress,
-            should_stop=progress.should_stop,
+            on_progress=_in_thread(progress),
+            should_stop=_in_thread(progress.should_stop),
             before_point=_reset_prefix_cache(bench, base_url, key),
-            on_point=on_point,
+            on_point=_in_thread(on_point),
         )
     except ValidationError as exc:
         return _finish(bench, progress, points, BenchmarkStatus.FAILED, error=_message(exc))
