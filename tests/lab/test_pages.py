@@ -88,7 +88,10 @@ def test_jsonl_upload_becomes_the_workload(web_client, org_a, paper_deployment, 
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     client = web_client(owner_of(org_a), org_a)
-    jsonl = b'{"prompt": "hello there", "max_tokens": 8}\n{"messages": [{"role": "user", "content": "hi"}]}\n'
+    jsonl = (
+        b'{"prompt": "hello there", "max_tokens": 8}\n'
+        b'{"messages": [{"role": "user", "content": "hi"}]}\n'
+    )
     r = client.post(
         reverse("lab:benchmark_new"),
         {
