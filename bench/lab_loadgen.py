@@ -72,7 +72,7 @@ def write_tokenizer(venv: Path, hf_home: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tokens, scores, _types = _vocab()
     (folder / "vocab.json").write_text(
-        json.dumps([[t.decode(), s] for t, s in zip(tokens, scores)])
+        json.dumps([[t.decode(), s] for t, s in zip(tokens, scores, strict=True)])
     )
     script = f"""
 import json
@@ -105,7 +105,7 @@ def start_engine(model: Path, port: int, log: Path) -> subprocess.Popen:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1)  # noqa: S310
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1)
             return proc
         except OSError:
             time.sleep(0.3)
@@ -190,7 +190,8 @@ def main() -> None:
     lab, aip = [], []
     try:
         measure(base_url=url, api_key="", model="bench",
-                workload=dict(workload, requests_per_point=2), load=specs.load_parse({"concurrency": [1]}),
+                workload=dict(workload, requests_per_point=2),
+                load=specs.load_parse({"concurrency": [1]}),
                 slo=specs.slo_parse({}))  # fmt: skip
         for r in range(ROUNDS):
             lab.append(lab_round(url, workload))
@@ -210,7 +211,8 @@ def main() -> None:
         return statistics.median(row[key] for row in rows)
 
     print(f"\nllama.cpp (llama-cpp-python), bench model, concurrency {CONCURRENCY}, "
-          f"{REQUESTS} requests of {INPUT} words → {OUTPUT} tokens, {ROUNDS} rounds, medians")  # fmt: skip
+          f"{REQUESTS} requests of {INPUT} words → {OUTPUT} tokens, "
+          f"{ROUNDS} rounds, medians")  # fmt: skip
     print(f"{'':28}{'Lab runner':>14}{'AIPerf 0.13':>14}{'independent':>14}")
     for key, label in (("ttft_p50_ms", "TTFT p50 (ms)"), ("itl_p50_ms", "ITL p50 (ms)"),
                        ("rps", "requests/s"), ("tps", "output tokens/s"),
@@ -223,7 +225,8 @@ def main() -> None:
     tps_vs = med(lab, "tps") / med(lab, "indep_tps")
     print(
         "RESULT "
-        f"lab_ttft_p50_ms={med(lab, 'ttft_p50_ms'):.1f} aiperf_ttft_p50_ms={med(aip, 'ttft_p50_ms'):.1f} "
+        f"lab_ttft_p50_ms={med(lab, 'ttft_p50_ms'):.1f} "
+        f"aiperf_ttft_p50_ms={med(aip, 'ttft_p50_ms'):.1f} "
         f"lab_rps={med(lab, 'rps'):.3f} aiperf_rps={med(aip, 'rps'):.3f} "
         f"lab_tps={med(lab, 'tps'):.2f} aiperf_tps={med(aip, 'tps'):.2f} "
         f"lab_cpu_s={med(lab, 'cpu_s'):.2f} aiperf_cpu_s={med(aip, 'cpu_s'):.2f} "
