@@ -23,7 +23,7 @@ def test_benchmark_a_deployment_in_the_browser_and_see_the_charts(
 ):
     page.context.add_cookies([_session_cookie(owner_of(org_a), org_a, live_server.url)])
     page.goto("/lab/benchmarks/")
-    page.get_by_role("link", name="New benchmark").click()
+    page.get_by_role("button", name="New benchmark").click()
     page.get_by_label("Deployment").select_option(str(bench_deployment.pk))
     page.get_by_label("Input tokens").fill("32")
     page.get_by_label("Output tokens").fill("16")
