@@ -96,6 +96,7 @@ class Quantization(models.TextChoices):
     Q8_0 = "q8_0", "GGUF Q8_0"
     Q4_K_M = "q4_k_m", "GGUF Q4_K_M"
     F32 = "f32", "F32"
+    F16 = "f16", "F16"
 
 
 class ServingProfile(models.Model):
