@@ -131,3 +131,24 @@ def test_cancel_before_the_worker_starts_leaves_nothing_to_run(
     # The task, delivered late, does nothing.
     assert benchmark_run(benchmark_id=b.pk).status == "cancelled"
     assert Benchmark.objects.get(pk=b.pk).started_at is None
+
+
+@pytest.mark.django_db
+def test_a_run_whose_worker_died_is_failed_when_its_task_comes_back(
+    org_a, paper_deployment, monkeypatch
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    monkeypatch.setattr("lab.tasks.run_benchmark.delay", lambda pk: None)
+    b = benchmark_create(
+        organization=org_a, user=owner_of(org_a), deployment_id=paper_deployment.pk
+    )
+    # Claimed by a worker that beat a moment ago: still alive, left alone.
+    Benchmark.objects.filter(pk=b.pk).update(status="running", updated_at=timezone.now())
+    assert benchmark_run(benchmark_id=b.pk).status == "running"
+    # Three minutes without a beat: its worker is gone.
+    Benchmark.objects.filter(pk=b.pk).update(updated_at=timezone.now() - timedelta(minutes=3))
+    b = benchmark_run(benchmark_id=b.pk)
+    assert b.status == "failed" and "worker running it stopped" in b.error
