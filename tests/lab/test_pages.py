@@ -148,3 +148,20 @@ def test_api_list_is_paginated_and_scoped(
     with django_assert_max_num_queries(8):
         body = api.get("/api/v1/benchmarks").json()
     assert body["count"] == 3 and len(body["results"]) == 3
+
+
+def test_cancel_button_cancels_a_queued_benchmark(web_client, org_a, paper_deployment, queued):
+    from lab.services import benchmark_create
+
+    b = benchmark_create(
+        organization=org_a, user=owner_of(org_a), deployment_id=paper_deployment.pk
+    )
+    client = web_client(owner_of(org_a), org_a)
+    assert (
+        b'data-testid="bench-cancel"' in client.get(reverse("lab:benchmark", args=[b.pk])).content
+    )
+    r = client.post(reverse("lab:benchmark_cancel", args=[b.pk]))
+    assert r.status_code == 302
+    b.refresh_from_db()
+    assert b.status == "cancelled"
+    assert b'data-testid="bench-cancel"' not in client.get(r["Location"]).content
