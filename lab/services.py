@@ -3,10 +3,11 @@
 import logging
 import secrets
 import time
+from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from billing.selectors import gpu_hour_cents
@@ -26,6 +27,9 @@ RUNNER_NAME = "gantry-loadgen 1 (asyncio + aiohttp)"
 LLAMACPP_DEFAULT_CTX = 2048
 MODEL_CONTEXT = {"demo:tiny-random-llama": 512, "demo:bench-random-llama": 4096}
 CONTEXT_FLAGS = ("--n_ctx", "--max-model-len", "--context-length")
+# A running benchmark beats at least twice a second; this long without a beat, its worker
+# is gone.
+STALE = timedelta(minutes=2)
 
 
 def deployment_context_length(deployment: Deployment) -> int | None:
@@ -117,6 +121,19 @@ def benchmark_cancel(*, benchmark: Benchmark) -> Benchmark:
     return benchmark
 
 
+def _in_thread(fn):
+    """The runner calls these from its worker threads: each closes the connection it
+    opened, so none outlives the run."""
+
+    def call(*args):
+        try:
+            return fn(*args)
+        finally:
+            connection.close()
+
+    return call
+
+
 class _Progress:
     """Progress and log, written to the row at most twice a second so the page can follow."""
 
@@ -133,14 +150,21 @@ class _Progress:
         self.flush(progress=max(0.0, min(1.0, fraction)), phase=message[:200])
 
     def flush(self, **values) -> None:
-        Benchmark.objects.filter(pk=self.bench_id).update(log=self.text, **values)
+        Benchmark.objects.filter(pk=self.bench_id).update(
+            log=self.text, updated_at=timezone.now(), **values
+        )
         self.flushed = time.monotonic()
 
     def should_stop(self) -> bool:
+        """Polled between requests: also the run's heartbeat (updated_at), so a run whose
+        worker died is told from one still going (benchmark_run)."""
         now = time.monotonic()
         if not self.stop and now - self.checked > 0.5:
             self.checked = now
-            self.stop = Benchmark.objects.filter(pk=self.bench_id, cancel_requested=True).exists()
+            alive = Benchmark.objects.filter(pk=self.bench_id, cancel_requested=False).update(
+                updated_at=timezone.now()
+            )
+            self.stop = alive == 0
         return self.stop
 
 
@@ -208,6 +232,8 @@ def benchmark_run(*, benchmark_id: int) -> Benchmark:
         pk=benchmark_id
     )
     if not claimed:
+        if bench.status == BenchmarkStatus.RUNNING and bench.updated_at < timezone.now() - STALE:
+            return _lost(bench)
         return bench
     progress = _Progress(bench.pk)
     d = bench.deployment
@@ -234,10 +260,10 @@ def benchmark_run(*, benchmark_id: int) -> Benchmark:
             workload=bench.workload,
             load=bench.load,
             slo=bench.slo,
-            on_progress=progress,
-            should_stop=progress.should_stop,
+            on_progress=_in_thread(progress),
+            should_stop=_in_thread(progress.should_stop),
             before_point=_reset_prefix_cache(bench, base_url, key),
-            on_point=on_point,
+            on_point=_in_thread(on_point),
         )
     except ValidationError as exc:
         return _finish(bench, progress, points, BenchmarkStatus.FAILED, error=_message(exc))
@@ -250,6 +276,24 @@ def benchmark_run(*, benchmark_id: int) -> Benchmark:
         _revoke_run_key(bench.pk)
     status = BenchmarkStatus.CANCELLED if progress.should_stop() else BenchmarkStatus.SUCCEEDED
     return _finish(bench, progress, points, status)
+
+
+def _lost(bench: Benchmark) -> Benchmark:
+    """A run with no heartbeat for STALE lost its worker (the task came back to say so):
+    it fails with that reason, keeping its points; its key is revoked."""
+    minutes = int(STALE.total_seconds() // 60)
+    failed = Benchmark.objects.filter(
+        pk=bench.pk, status=BenchmarkStatus.RUNNING, updated_at__lt=timezone.now() - STALE
+    ).update(
+        status=BenchmarkStatus.FAILED,
+        phase="failed",
+        error=f"The worker running it stopped (no progress for {minutes} minutes); run it again.",
+        finished_at=timezone.now(),
+    )
+    if failed:
+        _revoke_run_key(bench.pk)
+    bench.refresh_from_db()
+    return bench
 
 
 def _message(exc: ValidationError) -> str:

@@ -1,13 +1,20 @@
 from celery import shared_task
 
+from lab.services import STALE
+
 
 # No autoretry: a benchmark that failed half-way says why on its page; running it again
-# would measure a different moment. A redelivered task finds it claimed and does nothing.
+# would measure a different moment. A task delivered again (its worker was lost) finds the
+# run claimed: it looks again once the run's heartbeat would have gone stale, and then
+# fails a run whose worker is gone.
 @shared_task(acks_late=True, reject_on_worker_lost=True)
 def run_benchmark(benchmark_id: int) -> str:
     from lab.services import benchmark_run
 
-    return benchmark_run(benchmark_id=benchmark_id).status
+    status = benchmark_run(benchmark_id=benchmark_id).status
+    if status == "running":
+        run_benchmark.apply_async((benchmark_id,), countdown=STALE.total_seconds() + 5)
+    return status
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)

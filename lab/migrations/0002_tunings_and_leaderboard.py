@@ -11,7 +11,7 @@ class Migration(migrations.Migration):
         ('builder', '0002_build_heartbeat_at_weightscache_heartbeat_at'),
         ('deployments', '0010_merge_20261202_1903'),
         ('lab', '0001_initial'),
-        ('marketplace', '0002_profile_measured_figures'),
+        ('marketplace', '0003_profile_measured_figures'),
         ('portal', '0002_api_key_rate_limits'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
