@@ -131,8 +131,12 @@ async def _run_point(
         queue.put_nowait(job)
 
     async def closed_loop() -> None:
-        while not queue.empty() and not await should_stop():
-            job = queue.get_nowait()
+        # The stop check awaits (a thread): another user may take the last job meanwhile.
+        while not await should_stop():
+            try:
+                job = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
             results.extend(await session.run_job(job, timeout_s=timeout_s))
 
     start = time.perf_counter()

@@ -37,7 +37,7 @@ def test_a_small_real_tuning_measures_each_trial_and_releases_its_gpus(
     body = api.get(f"/api/v1/tunings/{tuning.pk}").json()
     assert body["status"] == "succeeded", body["log_tail"]
     assert len(body["trials"]) == 2 and "budget spent" in body["stop_reason"]
-    assert {t["state"] for t in body["trials"]} <= {"complete", "pruned"}
+    assert {t["state"] for t in body["trials"]} <= {"complete", "pruned"}, body["log_tail"]
     first = body["trials"][0]
     assert (
         first["points"][0]["output_tokens_per_s"] > 0 and first["points"][0]["ttft_ms"]["p95"] > 0
