@@ -241,7 +241,10 @@ def fidelity(org, user, best_trial, tuning) -> tuple[float, float]:
         )
         return point.ttft_ms["p50"] / ttft_obs, point.output_tokens_per_s / tps_obs
     finally:
+        from deployments.services import local_pools_shutdown
+
         deployment_delete(deployment=d)
+        local_pools_shutdown(why="bench finished")  # nothing outlives the bench
 
 
 def main():
