@@ -22,7 +22,13 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.utils.module_loading import import_string
 
-from deployments.engines import DEMO_MODEL_REF, model_dirs, weights_progress
+from deployments.engines import (
+    BENCH_MODEL_REF,
+    DEMO_MODEL_REF,
+    DEMO_MODEL_REFS,
+    model_dirs,
+    weights_progress,
+)
 
 IMAGE_RE = re.compile(r"^[a-z0-9]+([._/:@-][a-zA-Z0-9_.-]+)*$")
 # owner/name, each starting with a letter or digit: never ".", ".." or a path an engine
@@ -31,9 +37,9 @@ HF_REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 SHARED_PREFIX = "shared:"
 MODEL_REFUSED = (
     "Not a model this organization may use. Choose the demo model "
-    f"({DEMO_MODEL_REF}), a catalog model, one of your own builds (build:<id>) or "
-    "uploads (upload:<id>), a file in a shared model folder (shared:<path>), or a Hugging "
-    "Face repo id for vLLM/SGLang."
+    f"({DEMO_MODEL_REF}) or the bench model ({BENCH_MODEL_REF}), a catalog model, one of "
+    "your own builds (build:<id>) or uploads (upload:<id>), a file in a shared model "
+    "folder (shared:<path>), or a Hugging Face repo id for vLLM/SGLang."
 )
 
 
@@ -97,7 +103,7 @@ def resolve_model_ref(*, organization, engine: str, model_ref) -> str:
         raise ValidationError(
             {"model_ref": "Name the model: the demo model, a catalog model or a build."}
         )
-    if ref == DEMO_MODEL_REF:
+    if ref in DEMO_MODEL_REFS:
         return ref
     if len(ref) > 255:
         raise _refused()

@@ -9,9 +9,13 @@ from pathlib import Path
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
+from deployments.bench_model import BENCH_MODEL_FILE, write_bench_gguf
 from deployments.demo_model import write_demo_gguf
 
 DEMO_MODEL_REF = "demo:tiny-random-llama"
+# Random weights of a real llama shape (~120M parameters), for load tests (lab benchmarks).
+BENCH_MODEL_REF = "demo:bench-random-llama"
+DEMO_MODEL_REFS = (DEMO_MODEL_REF, BENCH_MODEL_REF)
 
 
 def model_dirs() -> list[Path]:
@@ -40,6 +44,8 @@ def model_file(model_ref: str) -> Path:
     if model_ref == DEMO_MODEL_REF:
         folder = Path(settings.GANTRY_MODEL_DIRS[0])
         return write_demo_gguf(folder / "demo-tiny-random-llama.gguf")
+    if model_ref == BENCH_MODEL_REF:
+        return write_bench_gguf(Path(settings.GANTRY_MODEL_DIRS[0]) / BENCH_MODEL_FILE)
     return Path(model_ref)
 
 

@@ -34,6 +34,7 @@ MIB_PER_GIB = 1024
 BYTES_PER_PARAM = {
     "f32": 4.0,
     "bf16": 2.0,
+    "f16": 2.0,
     "fp8": 1.0,
     "int8": 1.0,
     "awq-int4": 0.5,

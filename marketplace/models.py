@@ -100,6 +100,7 @@ class Quantization(models.TextChoices):
     Q8_0 = "q8_0", "GGUF Q8_0"
     Q4_K_M = "q4_k_m", "GGUF Q4_K_M"
     F32 = "f32", "F32"
+    F16 = "f16", "F16"
 
 
 class ServingProfile(models.Model):
@@ -144,6 +145,9 @@ class ServingProfile(models.Model):
     throughput_source = models.CharField(
         max_length=300, blank=True, help_text="Where the figure comes from (cited or measured)."
     )
+    # Figures the Lab measured for this profile and their provenance (tuning, trial,
+    # benchmark, date, engine and image, hardware, workload, SLO, re-measure tolerance).
+    measured = models.JSONField(default=dict, blank=True)
 
     class Meta:
         constraints = [

@@ -13,6 +13,8 @@ _MEMBER = {
     "builds.manage",
     "usage.view",
     "members.view",
+    "lab.view",
+    "lab.manage",
 }
 _BILLING = {"usage.view", "billing.view", "billing.manage", "members.view", "keys.create"}
 _ADMIN = _MEMBER | _BILLING | {"members.manage", "keys.manage"}

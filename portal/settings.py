@@ -72,6 +72,7 @@ INSTALLED_APPS = [
     "builder",
     "billing",
     "gateway",
+    "lab",
 ]
 
 MIDDLEWARE = [

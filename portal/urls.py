@@ -9,6 +9,8 @@ from rest_framework.routers import SimpleRouter
 from billing import api as billing_api
 from builder import api as builder_api
 from deployments import api as deployments_api
+from lab import api as lab_api
+from lab import tuning_api as lab_tuning_api
 from marketplace import api as marketplace_api
 from portal import api, views
 from portal.converters import ID_PATTERN
@@ -35,6 +37,8 @@ router.register("models", marketplace_api.CatalogViewSet, basename="model")
 router.register("builds", builder_api.BuildViewSet, basename="build")
 router.register("uploads", builder_api.UploadViewSet, basename="upload")
 router.register("invoices", billing_api.InvoiceViewSet, basename="invoice")
+router.register("benchmarks", lab_api.BenchmarkViewSet, basename="benchmark")
+router.register("tunings", lab_tuning_api.TuningViewSet, basename="tuning")
 
 portal_patterns = (
     [
@@ -63,6 +67,9 @@ api_v1 = [
     path("engines", deployments_api.engine_list, name="engines"),
     path("usage", billing_api.usage, name="usage"),
     path("quotas", deployments_api.quotas, name="quotas"),
+    path("leaderboard", lab_tuning_api.leaderboard, name="leaderboard"),
+    path("leaderboard/export", lab_tuning_api.leaderboard_export, name="leaderboard-export"),
+    path("leaderboard/import", lab_tuning_api.leaderboard_import, name="leaderboard-import"),
     *router.urls,
 ]
 
@@ -72,6 +79,7 @@ urlpatterns = [
     path("", include("marketplace.urls")),
     path("", include("builder.urls")),
     path("", include("billing.urls")),
+    path("", include("lab.urls")),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path(

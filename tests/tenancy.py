@@ -226,3 +226,36 @@ def _invoice(org: Organization, member):
 
 register("api:invoice-detail", ("GET",), _invoice, api=True)
 register("billing:invoice", ("GET",), _invoice)
+
+
+# --- lab: tunings ---------------------------------------------------------------------
+
+
+def _tuning(org: Organization, member):
+    from lab.models import Tuning
+
+    t = Tuning.objects.create(
+        organization=org,
+        created_by=member,
+        model_label="victim model",
+        model_ref="demo:tiny-random-llama",
+        engine="llama.cpp",
+        engine_version="0.3.36",
+        gpu_types=["cpu"],
+        objective="max_throughput_under_slo",
+        budget={"trials": 3},
+    )
+    return {"pk": t.pk}, t
+
+
+def _tuning_action(org: Organization, member):
+    kwargs, t = _tuning(org, member)
+    return {**kwargs, "verb": "cancel"}, t
+
+
+register("lab:tuning", ("GET",), _tuning)
+register("lab:tuning_action", ("POST",), _tuning_action)
+register("api:tuning-detail", ("GET",), _tuning, api=True)
+register("api:tuning-cancel", ("POST",), _tuning, api=True)
+register("api:tuning-deploy", ("POST",), _tuning, api=True)
+register("api:tuning-publish", ("POST",), _tuning, api=True)
