@@ -218,3 +218,20 @@ def _invoice(org: Organization, member):
 
 register("api:invoice-detail", ("GET",), _invoice, api=True)
 register("billing:invoice", ("GET",), _invoice)
+
+
+# --- lab ------------------------------------------------------------------------------
+
+
+def _benchmark(org: Organization, member):
+    from lab.models import Benchmark
+
+    _kwargs, d = _deployment(org, member)
+    b = Benchmark.objects.create(organization=org, created_by=member, deployment=d)
+    return {"pk": b.pk}, b
+
+
+register("lab:benchmark", ("GET",), _benchmark)
+register("lab:benchmark_cancel", ("POST",), _benchmark)
+register("api:benchmark-detail", ("GET",), _benchmark, api=True)
+register("api:benchmark-cancel", ("POST",), _benchmark, api=True)
