@@ -232,6 +232,8 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "UploadKindEnum": "builder.models.Upload.Kind",
         "BuildSourceEnum": "builder.models.Build.Source",
+        "BenchmarkStatusEnum": "lab.models.BenchmarkStatus",
+        "BenchmarkTargetEnum": "lab.models.Target",
     },
 }
 

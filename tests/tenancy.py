@@ -259,3 +259,18 @@ register("api:tuning-detail", ("GET",), _tuning, api=True)
 register("api:tuning-cancel", ("POST",), _tuning, api=True)
 register("api:tuning-deploy", ("POST",), _tuning, api=True)
 register("api:tuning-publish", ("POST",), _tuning, api=True)
+# --- lab ------------------------------------------------------------------------------
+
+
+def _benchmark(org: Organization, member):
+    from lab.models import Benchmark
+
+    _kwargs, d = _deployment(org, member)
+    b = Benchmark.objects.create(organization=org, created_by=member, deployment=d)
+    return {"pk": b.pk}, b
+
+
+register("lab:benchmark", ("GET",), _benchmark)
+register("lab:benchmark_cancel", ("POST",), _benchmark)
+register("api:benchmark-detail", ("GET",), _benchmark, api=True)
+register("api:benchmark-cancel", ("POST",), _benchmark, api=True)

@@ -39,7 +39,7 @@ def test_find_a_model_and_deploy_the_demo_in_three_clicks(page, celery_worker, o
     # From the grid to a starting deployment: card → Deploy → confirm.
     page.goto("/marketplace/")
     page.get_by_label("Search models").fill("demo")
-    card = page.get_by_test_id("model-card").filter(has_text="random weights")
+    card = page.get_by_test_id("model-card").filter(has_text="Gantry tiny demo (random weights)")
     card.get_by_role("button", name="Deploy").click()  # click 1
     expect(page.get_by_test_id("fit-check")).to_contain_text("Fits: needs 0.3 GiB")
     expect(page.get_by_label("Region")).to_have_value("local")
