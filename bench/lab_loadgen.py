@@ -10,6 +10,9 @@ synthetic words, seeded) go out at the same concurrency with the same max_tokens
    tokenizer is written locally as a Hugging Face tokenizer and served from a local hub
    cache.
 Rounds alternate (Lab, AIPerf, Lab, AIPerf…) so the machine's changing load falls on both.
+Then both run once more against a paced stand-in engine whose timing is known (first token
+after 250 ms, then one every 20 ms, no compute), where neither generator can slow what it
+measures: there they must agree with each other and with the known figures.
 Prints TTFT p50, request and output-token throughput, the generator's own CPU seconds and
 start-up time, then the ratios; last line RESULT.
 """
@@ -170,6 +173,56 @@ def aiperf_round(venv: Path, url: str, prompts: Path, hf_home: Path, out: Path) 
     }
 
 
+PACED_TTFT_S, PACED_ITL_S = 0.25, 0.02
+
+
+async def _paced(request):
+    """A stand-in engine whose timing is known: the first token after PACED_TTFT_S, then
+    one every PACED_ITL_S, each a common word (one token to both tokenizers)."""
+    import asyncio
+
+    from aiohttp import web
+
+    body = await request.json()
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    await asyncio.sleep(PACED_TTFT_S)
+    for i in range(int(body.get("max_tokens") or OUTPUT)):
+        if i:
+            await asyncio.sleep(PACED_ITL_S)
+        event = {"object": "text_completion", "choices": [{"index": 0, "text": " the"}]}
+        await resp.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+    await resp.write(b"data: [DONE]\n\n")
+    return resp
+
+
+def paced_server():
+    """(base URL, stop) of the paced stand-in, served on a thread of its own."""
+    import asyncio
+    import threading
+
+    from aiohttp import web
+
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    app = web.Application()
+    app.router.add_post("/v1/completions", _paced)
+    runner = web.AppRunner(app, shutdown_timeout=1.0)
+    port = free_port()
+
+    async def start() -> None:
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+
+    asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=10)
+
+    def stop() -> None:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+
+    return f"http://127.0.0.1:{port}", stop
+
+
 def main() -> None:
     venv = runner_venv()
     work = Path(tempfile.mkdtemp(prefix="lab-loadgen-"))
@@ -206,6 +259,16 @@ def main() -> None:
     finally:
         engine.terminate()
         engine.wait(timeout=30)
+    # The same two generators against timing that is known, which neither can slow down.
+    paced_url, stop = paced_server()
+    try:
+        paced_lab = lab_round(paced_url, workload)
+        paced_aip = aiperf_round(venv, paced_url, prompts, hf_home, work / "aiperf-paced")
+    finally:
+        stop()
+    e2e = PACED_TTFT_S + (OUTPUT - 1) * PACED_ITL_S
+    truth = {"ttft_p50_ms": PACED_TTFT_S * 1000, "itl_p50_ms": PACED_ITL_S * 1000,
+             "tps": CONCURRENCY * OUTPUT / e2e, "rps": CONCURRENCY / e2e}  # fmt: skip
 
     def med(rows: list[dict], key: str) -> float:
         return statistics.median(row[key] for row in rows)
@@ -221,6 +284,12 @@ def main() -> None:
         indep = {"ttft_p50_ms": med(lab, "indep_ttft_p50_ms"), "tps": med(lab, "indep_tps")}
         extra = f"{indep[key]:>14.2f}" if key in indep else f"{'':>14}"
         print(f"{label:28}{med(lab, key):>14.2f}{med(aip, key):>14.2f}{extra}")
+    print(f"\npaced stand-in (TTFT {PACED_TTFT_S * 1000:.0f} ms, ITL {PACED_ITL_S * 1000:.0f} ms), "
+          f"same prompts and concurrency")  # fmt: skip
+    print(f"{'':28}{'Lab runner':>14}{'AIPerf 0.13':>14}{'known':>14}")
+    for key, label in (("ttft_p50_ms", "TTFT p50 (ms)"), ("itl_p50_ms", "ITL p50 (ms)"),
+                       ("rps", "requests/s"), ("tps", "output tokens/s")):  # fmt: skip
+        print(f"{label:28}{paced_lab[key]:>14.2f}{paced_aip[key]:>14.2f}{truth[key]:>14.2f}")
     ttft_vs = med(lab, "ttft_p50_ms") / med(lab, "indep_ttft_p50_ms")
     tps_vs = med(lab, "tps") / med(lab, "indep_tps")
     print(
@@ -231,7 +300,11 @@ def main() -> None:
         f"lab_tps={med(lab, 'tps'):.2f} aiperf_tps={med(aip, 'tps'):.2f} "
         f"lab_cpu_s={med(lab, 'cpu_s'):.2f} aiperf_cpu_s={med(aip, 'cpu_s'):.2f} "
         f"aiperf_startup_s={med(aip, 'startup_s'):.2f} "
-        f"ttft_vs_independent={ttft_vs:.3f} tps_vs_independent={tps_vs:.3f}"
+        f"ttft_vs_independent={ttft_vs:.3f} tps_vs_independent={tps_vs:.3f} "
+        f"paced_lab_ttft_ms={paced_lab['ttft_p50_ms']:.1f} "
+        f"paced_aiperf_ttft_ms={paced_aip['ttft_p50_ms']:.1f} "
+        f"paced_lab_tps={paced_lab['tps']:.2f} paced_aiperf_tps={paced_aip['tps']:.2f} "
+        f"paced_known_tps={truth['tps']:.2f}"
     )
 
 

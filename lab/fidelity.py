@@ -114,7 +114,8 @@ class RecordingProxy:
         app[RECORDER] = self.recorder
         app[SESSION] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         app.router.add_post("/{tail:.*}", _handle)
-        self.runner = web.AppRunner(app)
+        # On exit, answers still streaming (a client that gave up) are cut after a second.
+        self.runner = web.AppRunner(app, shutdown_timeout=1.0)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", port).start()
 
@@ -123,7 +124,7 @@ class RecordingProxy:
         await self.runner.cleanup()
 
     def __exit__(self, *exc) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(timeout=10)
+        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(timeout=30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
         self.loop.close()

@@ -29,7 +29,7 @@ from deployments.engines import engine_command
 from deployments.flags import parse_engine_args, render_args, schema_for
 
 GGUF_ONLY = ("q8_0", "q4_k_m")  # quants that exist only as GGUF files
-LLAMACPP_QUANTS = {*GGUF_ONLY, "f32", "bf16"}
+LLAMACPP_QUANTS = {*GGUF_ONLY, "f32", "f16", "bf16"}
 GPU_ENGINES = {"vllm", "sglang"}
 # Expert parallelism pays off once the experts are most of a model too big for few GPUs.
 LARGE_MOE_B = 100
