@@ -8,17 +8,17 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.conftest import owner_of
-from tests.e2e.conftest import browser, page  # noqa: F401 - shared browser fixtures
 from tests.e2e.test_deployment_browser import _session_cookie
+from tests.lab.conftest import bench_deployment, lab_worker  # noqa: F401 - shared
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
 def test_benchmark_a_deployment_in_the_browser_and_see_the_charts(
-    page,  # noqa: F811
+    page,
     org_a,
-    bench_deployment,
-    lab_worker,
+    bench_deployment,  # noqa: F811
+    lab_worker,  # noqa: F811
     live_server,
 ):
     page.context.add_cookies([_session_cookie(owner_of(org_a), org_a, live_server.url)])
