@@ -57,7 +57,8 @@ def test_tune_in_the_browser_publish_and_see_the_figures(page, celery_worker, or
 
     page.get_by_role("button", name="Publish as tuned profile").click()
     expect(page).to_have_url(f"{live_server.url}/marketplace/gantry-tiny-random-llama/")
-    row = page.locator("tr", has_text="tuned-cpu-llamacpp")
+    # The profile's own row (the next one holds its rendered launch).
+    row = page.get_by_test_id("profile-tuned-cpu-llamacpp")
     expect(row).to_contain_text("measured")
     row.get_by_text("provenance").click()
     expect(row).to_contain_text(f"tuning #{tuning.pk}")

@@ -29,7 +29,8 @@ def test_create_answers_201_and_queues_one_run(
     assert len(queued) == 1
     t = Tuning.objects.get(pk=body["id"])
     # The profile's own flags stay; the searched ones are left to each trial.
-    assert t.base_args == ["--n_ctx", "512"] and t.regions == {"cpu": ["local"]}
+    # The profile's rendered launch (its prompt cache on), minus the flags searched.
+    assert t.base_args == ["--n_ctx", "512", "--cache", "true"] and t.regions == {"cpu": ["local"]}
     assert api.get(f"/api/v1/tunings/{t.pk}").json()["id"] == t.pk
 
 
