@@ -15,10 +15,10 @@ usage in a stream, whatever `stream_options` says).
 Either way the ledger says the counts were counted, not reported (`source`).
 """
 
-import json
 import logging
 
 import aiohttp
+import orjson
 
 from gateway.routes import Target
 
@@ -33,7 +33,7 @@ def read_event(line: bytes) -> tuple[dict | None, int]:
     if not line.startswith(b"data:") or line.startswith(b"data: [DONE]"):
         return None, 0
     try:
-        event = json.loads(line[5:])
+        event = orjson.loads(line[5:])
     except ValueError:
         return None, 0
     if not isinstance(event, dict):

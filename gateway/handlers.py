@@ -9,10 +9,10 @@ sent to an engine, so a refused request costs nothing and is never metered.
 
 import asyncio
 import hmac
-import json
 import logging
 import time
 
+import orjson
 from django.conf import settings
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -116,7 +116,7 @@ async def proxy(request: Request, path: str) -> Response:
         # Ask the engine for a final usage event; engines that ignore this (llama.cpp's
         # server) send none, and the gateway counts instead.
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-    payload = json.dumps(body).encode()
+    payload = orjson.dumps(body)
     gw.load.requests[route.deployment_id] += 1
     for target in targets:
         gw.begin(route, target)
@@ -218,7 +218,7 @@ def stream_done(
 
 def answer_of(data: bytes) -> dict:
     try:
-        answer = json.loads(data)
+        answer = orjson.loads(data)
     except ValueError:
         return {}
     return answer if isinstance(answer, dict) else {}

@@ -16,8 +16,8 @@ Invariants:
 
 import asyncio
 import logging
+import os
 import time
-import uuid
 from datetime import UTC, datetime
 
 from gateway.db import db
@@ -86,7 +86,7 @@ class Meter:
         self.queue.put_nowait(
             {
                 "organization_id": route.organization_id,
-                "request_id": uuid.uuid4().hex,
+                "request_id": os.urandom(16).hex(),  # random, as uuid4, at a fraction of its cost
                 "deployment_id": route.deployment_id,
                 "deployment_name": route.name,
                 "model": route.name,

@@ -11,13 +11,13 @@ unbounded memory.
 """
 
 import asyncio
-import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
+import orjson
 from django.conf import settings
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -51,7 +51,7 @@ def usage_event(model: str, path: str, counts: tuple[int, int]) -> bytes:
             "total_tokens": prompt + completion,
         },
     }
-    return b"data: " + json.dumps(event).encode() + b"\n\n"
+    return b"data: " + orjson.dumps(event) + b"\n\n"
 
 
 def max_answer_bytes() -> int:

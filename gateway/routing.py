@@ -115,6 +115,8 @@ def bounded(order: list[Target], load: dict[int, int]) -> list[Target]:
 
 
 def _within(ip: str, nets: list) -> bool:
+    if not nets:
+        return False  # no list (the common case): nothing to parse
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:

@@ -8,8 +8,7 @@ same way: `"stream": "false"` is a string a gateway would call true and an engin
 unmetered tokens. Fields only the engine reads are the engine's to check.
 """
 
-import json
-
+import orjson
 from django.conf import settings
 from starlette.requests import Request
 
@@ -51,7 +50,7 @@ def _is_int(value) -> bool:
 
 def parse(raw: bytes) -> dict:
     try:
-        body = json.loads(raw)
+        body = orjson.loads(raw)
     except ValueError:
         raise Invalid(400, "The body must be JSON.", None, "invalid_json") from None
     if not isinstance(body, dict):
