@@ -159,6 +159,7 @@ class Session:
         token_times: list[float] = []
         chunks = 0
         usage_out = usage_in = None
+        finished_at = None  # when a choice ended (finish_reason): the answer is complete
         text: list[str] = []
         try:
             async with self.http.post(
@@ -188,11 +189,27 @@ class Session:
                             token_times.append(time.perf_counter())
                             chunks += 1
                             text.append(piece)
+                        if choice.get("finish_reason") is not None and finished_at is None:
+                            finished_at = time.perf_counter()
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             return RequestResult(ok=False, error=f"{type(exc).__name__}: {exc}"[:200]), ""
         end = time.perf_counter()
         if not token_times:
-            return RequestResult(ok=False, error="no tokens in the answer"), ""
+            if finished_at is None:
+                return RequestResult(ok=False, error="the stream ended without an answer"), ""
+            # A complete answer of no text: the model's first token ended it (an end-of-
+            # sequence token — common for the random-weight demo models). The engine did
+            # its work correctly; its first (and last) event is its time to first token.
+            return (
+                RequestResult(
+                    ok=True,
+                    ttft_ms=(finished_at - start) * 1000,
+                    e2e_ms=(end - start) * 1000,
+                    output_tokens=usage_out or 0,
+                    prompt_tokens=usage_in or 0,
+                ),
+                "",
+            )
         out = usage_out if usage_out is not None else chunks
         # ITL: the mean gap between content events after the first, per output token, so an
         # engine that batches several tokens in one event is not credited with zero gaps.

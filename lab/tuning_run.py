@@ -274,7 +274,7 @@ def _run_trial(tuning: Tuning, trial: TuningTrial, study, otrial) -> None:
         # Under an SLO, more load only adds latency: a lowest load that misses the SLO
         # means every higher one will too, so the trial is hopeless.
         if value is None and step == 0 and tuning.objective != search.Objective.MIN_LATENCY:
-            raise _Pruned("misses the SLO at the lowest load")
+            raise _Pruned("misses the SLO at the lowest load" + _missed(point))
         if value is not None:
             trial.intermediate = {**trial.intermediate, str(step): value}
             otrial.report(value, step)
@@ -288,6 +288,14 @@ def _run_trial(tuning: Tuning, trial: TuningTrial, study, otrial) -> None:
 
 class _Pruned(Exception):
     pass
+
+
+def _missed(point: dict) -> str:
+    """Why a point missed, in the trial's log: its errors (with the first), else its TTFT."""
+    if errors := point.get("errors"):
+        first = next(iter(point.get("error_samples") or []), "")
+        return f" (errors {errors}/{point.get('requests')}{': ' + first[:160] if first else ''})"
+    return f" (TTFT p95 {(point.get('ttft_ms') or {}).get('p95', 0):.0f} ms)"
 
 
 def _next_trial(tuning: Tuning):
