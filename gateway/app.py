@@ -13,7 +13,6 @@ import time
 
 from django.conf import settings
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route as Path
 
@@ -147,16 +146,19 @@ class Gateway:
             await self.relay.close()
 
 
-def cors() -> list[Middleware]:
-    """Browsers on GATEWAY_CORS_ORIGINS (the portal, whose playground calls the gateway)
-    may send the API's requests with a bearer token; no cookies are involved, so none are
-    allowed. Preflights are answered here, before any key is looked at."""
-    origins = [o.rstrip("/") for o in getattr(settings, "GATEWAY_CORS_ORIGINS", []) if o]
-    if not origins:
-        return []
-    return [
-        Middleware(
-            CORSMiddleware,
+class BrowserCors:
+    """CORS for browsers on GATEWAY_CORS_ORIGINS (the portal, whose playground calls the
+    gateway) with a bearer token; no cookies are involved, so none are allowed. Preflights
+    are answered here, before any key is looked at.
+
+    Only requests that carry an Origin header (what browsers send) go through Starlette's
+    CORS middleware: API clients send none and go straight to the app, without a
+    middleware layer and a header parse per request on the gateway's hot path."""
+
+    def __init__(self, app: Starlette, origins: list[str]):
+        self.app = app
+        self.cors = CORSMiddleware(
+            app,
             allow_origins=origins,
             allow_methods=["GET", "POST"],
             allow_headers=["authorization", "content-type", "x-scale-up-timeout"],
@@ -164,10 +166,19 @@ def cors() -> list[Middleware]:
             allow_credentials=False,
             max_age=600,
         )
-    ]
+
+    @property
+    def state(self):
+        return self.app.state
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and any(name == b"origin" for name, _ in scope["headers"]):
+            await self.cors(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
-def create_app() -> Starlette:
+def create_app() -> Starlette | BrowserCors:
     gateway = Gateway()
 
     @contextlib.asynccontextmanager
@@ -184,7 +195,7 @@ def create_app() -> Starlette:
             Path("/healthz", handlers.health, methods=["GET"]),
         ],
         lifespan=lifespan,
-        middleware=cors(),
     )
     app.state.gateway = gateway
-    return app
+    origins = [o.rstrip("/") for o in getattr(settings, "GATEWAY_CORS_ORIGINS", []) if o]
+    return BrowserCors(app, origins) if origins else app
