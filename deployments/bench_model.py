@@ -7,14 +7,10 @@ seconds. It was never trained: its answers are noise. Labelled so wherever it ap
 """
 
 import itertools
-import os
 import string
-import uuid
 from pathlib import Path
 
-import numpy as np
-
-from deployments.demo_model import CHAT_TEMPLATE
+from deployments.demo_model import write_random_llama
 
 BENCH_MODEL_NAME = "gantry-bench-random-llama"
 BENCH_MODEL_LABEL = "Bench llama, ~120M parameters (random weights, for load tests)"
@@ -85,63 +81,16 @@ def _vocab() -> tuple[list[bytes], list[float], list[int]]:
 
 def write_bench_gguf(path: Path, seed: int = 0) -> Path:
     """Write the bench model to ``path`` (idempotent: an existing file is kept)."""
-    import gguf
-
-    path = Path(path)
-    if path.exists() and path.stat().st_size > 0:
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    rng = np.random.default_rng(seed)
-    tokens, scores, types = _vocab()
-    head_dim = N_EMBD // N_HEAD
-
-    w = gguf.GGUFWriter(str(tmp), "llama")
-    w.add_name(BENCH_MODEL_NAME)
-    w.add_description(BENCH_MODEL_LABEL)
-    w.add_context_length(N_CTX)
-    w.add_embedding_length(N_EMBD)
-    w.add_block_count(N_LAYER)
-    w.add_feed_forward_length(N_FF)
-    w.add_head_count(N_HEAD)
-    w.add_head_count_kv(N_HEAD_KV)
-    w.add_rope_dimension_count(head_dim)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
-    w.add_vocab_size(len(tokens))
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_unk_token_id(0)
-    w.add_chat_template(CHAT_TEMPLATE)
-
-    def t(name: str, *shape: int) -> None:
-        w.add_tensor(name, (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype(np.float16))
-
-    def ones(name: str) -> None:
-        # Norm weights stay F32, as llama.cpp's own converters write them.
-        w.add_tensor(name, np.ones(N_EMBD, dtype=np.float32))
-
-    t("token_embd.weight", len(tokens), N_EMBD)
-    for i in range(N_LAYER):
-        ones(f"blk.{i}.attn_norm.weight")
-        t(f"blk.{i}.attn_q.weight", N_EMBD, N_EMBD)
-        t(f"blk.{i}.attn_k.weight", N_HEAD_KV * head_dim, N_EMBD)
-        t(f"blk.{i}.attn_v.weight", N_HEAD_KV * head_dim, N_EMBD)
-        t(f"blk.{i}.attn_output.weight", N_EMBD, N_EMBD)
-        ones(f"blk.{i}.ffn_norm.weight")
-        t(f"blk.{i}.ffn_gate.weight", N_FF, N_EMBD)
-        t(f"blk.{i}.ffn_up.weight", N_FF, N_EMBD)
-        t(f"blk.{i}.ffn_down.weight", N_EMBD, N_FF)
-    ones("output_norm.weight")
-    t("output.weight", len(tokens), N_EMBD)
-
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    os.replace(tmp, path)
-    return path
+    return write_random_llama(
+        path,
+        seed=seed,
+        name=BENCH_MODEL_NAME,
+        label=BENCH_MODEL_LABEL,
+        vocab=_vocab(),
+        embd=N_EMBD,
+        layers=N_LAYER,
+        ff=N_FF,
+        heads=(N_HEAD, N_HEAD_KV),
+        ctx=N_CTX,
+        f16=True,
+    )

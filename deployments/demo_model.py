@@ -60,6 +60,37 @@ def write_demo_gguf(
     """Write the demo model to ``path`` (idempotent: an existing file is kept). A larger
     shape (benchmarks: prompts that take a CPU measurable time to read) is the same random
     llama, bigger."""
+    return write_random_llama(
+        path,
+        seed=seed,
+        name=DEMO_MODEL_NAME,
+        label=DEMO_MODEL_LABEL,
+        vocab=_vocab(),
+        embd=embd,
+        layers=layers,
+        ff=ff,
+        heads=(N_HEAD, N_HEAD_KV),
+        ctx=ctx,
+    )
+
+
+def write_random_llama(
+    path: Path,
+    *,
+    seed: int,
+    name: str,
+    label: str,
+    vocab: tuple[list[bytes], list[float], list[int]],
+    embd: int,
+    layers: int,
+    ff: int,
+    heads: tuple[int, int],
+    ctx: int,
+    f16: bool = False,
+) -> Path:
+    """A llama of the given shape with random weights (N(0, 0.02)), as GGUF; F32 weights,
+    or F16 with the norms kept F32 as llama.cpp's own converters write them. Idempotent:
+    an existing file is kept."""
     import gguf
 
     path = Path(path)
@@ -69,22 +100,23 @@ def write_demo_gguf(
     # Unique per writer: concurrent first starts each write their own, then one wins.
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     rng = np.random.default_rng(seed)
-    tokens, scores, types = _vocab()
+    tokens, scores, types = vocab
     n_vocab = len(tokens)
-    head_dim = embd // N_HEAD
+    n_head, n_head_kv = heads
+    head_dim = embd // n_head
 
     w = gguf.GGUFWriter(str(tmp), "llama")
-    w.add_name(DEMO_MODEL_NAME)
-    w.add_description(DEMO_MODEL_LABEL)
+    w.add_name(name)
+    w.add_description(label)
     w.add_context_length(ctx)
     w.add_embedding_length(embd)
     w.add_block_count(layers)
     w.add_feed_forward_length(ff)
-    w.add_head_count(N_HEAD)
-    w.add_head_count_kv(N_HEAD_KV)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
     w.add_rope_dimension_count(head_dim)
     w.add_layer_norm_rms_eps(1e-5)
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if f16 else gguf.LlamaFileType.ALL_F32)
     w.add_vocab_size(n_vocab)
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
@@ -96,20 +128,27 @@ def write_demo_gguf(
     w.add_chat_template(CHAT_TEMPLATE)
 
     def t(name: str, *shape: int) -> None:
-        w.add_tensor(name, (rng.standard_normal(shape) * 0.02).astype(np.float32))
+        if f16:
+            weights = rng.standard_normal(shape, dtype=np.float32) * 0.02
+            w.add_tensor(name, weights.astype(np.float16))
+        else:
+            w.add_tensor(name, (rng.standard_normal(shape) * 0.02).astype(np.float32))
+
+    def ones(name: str) -> None:
+        w.add_tensor(name, np.ones(embd, dtype=np.float32))
 
     t("token_embd.weight", n_vocab, embd)
     for i in range(layers):
-        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(embd, dtype=np.float32))
+        ones(f"blk.{i}.attn_norm.weight")
         t(f"blk.{i}.attn_q.weight", embd, embd)
-        t(f"blk.{i}.attn_k.weight", N_HEAD_KV * head_dim, embd)
-        t(f"blk.{i}.attn_v.weight", N_HEAD_KV * head_dim, embd)
+        t(f"blk.{i}.attn_k.weight", n_head_kv * head_dim, embd)
+        t(f"blk.{i}.attn_v.weight", n_head_kv * head_dim, embd)
         t(f"blk.{i}.attn_output.weight", embd, embd)
-        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(embd, dtype=np.float32))
+        ones(f"blk.{i}.ffn_norm.weight")
         t(f"blk.{i}.ffn_gate.weight", ff, embd)
         t(f"blk.{i}.ffn_up.weight", ff, embd)
         t(f"blk.{i}.ffn_down.weight", embd, ff)
-    w.add_tensor("output_norm.weight", np.ones(embd, dtype=np.float32))
+    ones("output_norm.weight")
     t("output.weight", n_vocab, embd)
 
     w.write_header_to_file()
