@@ -108,3 +108,12 @@ def answer_too_large() -> JSONResponse:
         "server_error",
         "bad_gateway",
     )
+
+
+def answer_broken() -> JSONResponse:
+    return error(
+        502,
+        "The engine broke off its answer; it can be asked again.",
+        "server_error",
+        "bad_gateway",
+    )

@@ -26,6 +26,7 @@ from gateway.metrics import CONTENT_TYPE
 from gateway.relay import UNREACHABLE, AnswerTooLarge, EventStream
 from gateway.routes import Route, Target
 from gateway.routing import prefix_of
+from gateway.upstream import Broken
 from gateway.validation import Invalid, parse, read_body
 
 log = logging.getLogger("gateway")
@@ -129,6 +130,11 @@ async def proxy(request: Request, path: str) -> Response:
             # The reconciler will replace it; read the routes afresh to see that sooner.
             gw.router.forget(caller.organization_id)
             continue
+        except Broken as exc:
+            # It began an answer that is not HTTP: the request reached it, not to be re-sent.
+            log.warning("replica %s answered garbled: %s", target.url, exc)
+            gw.end(route, target)
+            return errors.answer_broken()
         headers = {"x-gantry-region": target.region}
         status = upstream.status
         if stream:
@@ -159,6 +165,10 @@ async def proxy(request: Request, path: str) -> Response:
                 )
             )
             return errors.answer_too_large()
+        except Broken as exc:
+            # Cut off before its end: nothing whole reached the client, nothing is billed.
+            log.warning("replica %s broke off its answer: %s", target.url, exc)
+            return errors.answer_broken()
         finally:
             gw.end(route, target)
         # A non-streamed answer reaches the client whole: its first token comes with it.

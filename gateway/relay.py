@@ -1,9 +1,11 @@
 """Passing a request on to an engine and its answer back to the client, streaming too.
 
-One aiohttp client session per app, made on first use inside the running loop: on this
-path (many small proxied requests) aiohttp spends far less CPU per request than httpx,
-which is what the gateway's throughput comes down to. Compressed answers pass through as
-they are (no decompression), so the client gets exactly the engine's bytes.
+Requests to engines go through `upstream.Pool` (keep-alive HTTP/1.1 on httptools' parser):
+on this path — many small proxied requests — a general client's per-request machinery is
+what the gateway's throughput comes down to, and the pool has none of it. The engine's
+bytes pass through as they are. An aiohttp session, made on first use inside the running
+loop, serves the gateway's other calls to engines (their tokenizers, off the request
+path).
 
 Answers are read with a bound (GATEWAY_MAX_ANSWER_BYTES): a whole answer, or one event of
 a stream, over it is cut off, so a broken or hostile engine cannot make the gateway hold
@@ -24,12 +26,13 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.counting import read_event
 from gateway.routes import Target
+from gateway.upstream import Answer, Broken, Pool, Unreachable
 
 log = logging.getLogger("gateway.relay")
 
 # Failures before the first byte: the request never reached an engine, so another replica
 # may be tried without running it twice.
-UNREACHABLE = (TimeoutError, aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError)
+UNREACHABLE = (TimeoutError, Unreachable)
 
 
 class AnswerTooLarge(Exception):
@@ -58,13 +61,10 @@ def max_answer_bytes() -> int:
     return int(getattr(settings, "GATEWAY_MAX_ANSWER_BYTES", 64 * 1024 * 1024))
 
 
-def upstream_headers(target: Target) -> dict[str, str]:
-    """The headers an engine gets: never the client's (its API key stays here), plus the
-    replica's own credential when the route table has one for it."""
-    headers = {"content-type": "application/json"}
-    if target.secret:
-        headers["authorization"] = f"Bearer {target.secret}"
-    return headers
+def engine_authorization(target: Target) -> str:
+    """The one credential an engine gets: never the client's (its API key stays here), the
+    replica's own when the route table has one for it."""
+    return f"Bearer {target.secret}" if target.secret else ""
 
 
 class EventStream(Response):
@@ -96,6 +96,7 @@ class EventStream(Response):
 class Relay:
     def __init__(self):
         self._session: aiohttp.ClientSession | None = None
+        self.pool = Pool()
         # Engine reads still under way, referenced until done (the loop keeps only weak
         # references to tasks) and awaited on shutdown so their usage is metered.
         self.pumps: set[asyncio.Task] = set()
@@ -109,21 +110,20 @@ class Relay:
             )
         return self._session
 
-    async def send(self, target: Target, path: str, payload: bytes) -> aiohttp.ClientResponse:
-        """The engine's answer, headers read, body not yet; raises one of UNREACHABLE."""
-        return await self.session().post(
-            f"{target.url}{path}", data=payload, headers=upstream_headers(target)
-        )
+    async def send(self, target: Target, path: str, payload: bytes) -> Answer:
+        """The engine's answer, head read, body not yet; raises one of UNREACHABLE."""
+        return await self.pool.post(target.url, path, payload, engine_authorization(target))
 
     @staticmethod
-    async def read(upstream: aiohttp.ClientResponse) -> bytes:
-        """The whole answer; AnswerTooLarge past the bound (read no further)."""
+    async def read(upstream: Answer) -> bytes:
+        """The whole answer; AnswerTooLarge past the bound (read no further), `Broken` if
+        the engine broke it off."""
         limit = max_answer_bytes()
         try:
             if (upstream.content_length or 0) > limit:
                 raise AnswerTooLarge
             chunks, size = [], 0
-            async for chunk in upstream.content.iter_any():
+            async for chunk in upstream.chunks():
                 size += len(chunk)
                 if size > limit:
                     raise AnswerTooLarge
@@ -134,7 +134,7 @@ class Relay:
 
     def stream(
         self,
-        upstream: aiohttp.ClientResponse,
+        upstream: Answer,
         done: Callable[
             [dict | None, int, tuple[float, float] | None], Awaitable[tuple[int, int] | None]
         ],
@@ -161,7 +161,7 @@ class Relay:
             buffer, usage, tokens, finished = b"", None, 0, False
             first = last = 0.0
             try:
-                async for chunk in upstream.content.iter_any():
+                async for chunk in upstream.chunks():
                     buffer += chunk
                     *lines, buffer = buffer.split(b"\n")
                     if len(buffer) > limit or any(len(line) > limit for line in lines):
@@ -180,6 +180,8 @@ class Relay:
                     finished = finished or len(kept) < len(lines)
                     if kept:
                         queue.put_nowait(b"\n".join(kept) + b"\n")
+            except Broken as exc:
+                log.warning("an engine broke off its stream: %s", exc)
             finally:
                 upstream.release()
                 times = (first, last) if first else None
@@ -207,6 +209,7 @@ class Relay:
         return chunks()
 
     async def close(self) -> None:
+        await self.pool.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
