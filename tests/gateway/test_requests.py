@@ -145,3 +145,52 @@ def test_an_engine_answer_over_the_limit_is_cut_off_and_the_prompt_still_metered
     with urllib.request.urlopen(request, timeout=30) as r:
         received = r.read()
     assert b"[DONE]" not in received and len(received) < 400
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"NOT HTTP\r\n\r\n",  # garbled before a status line
+        b'HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{"choices": [',  # cut off mid-body
+    ],
+)
+def test_an_engine_that_garbles_or_breaks_off_its_answer_gets_the_client_a_502(
+    gateway, upstream_route, org_a, api_client_for, answer
+):
+    """A broken or hostile engine: the client gets a 502 in OpenAI's shape, not a 500 or a
+    hang, and the gateway serves the next request."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    port = listener.getsockname()[1]
+    done = threading.Event()
+
+    def serve():
+        with listener:
+            while not done.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                with conn:
+                    conn.recv(65536)
+                    conn.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    replica = upstream_route.replicas.get()
+    good_url = replica.url
+    type(replica).objects.filter(pk=replica.pk).update(url=f"http://127.0.0.1:{port}")
+    key = api_client_for(org_a).raw_key
+    try:
+        status, body = post(gateway, key, {"model": "streamer", "messages": HI})
+        assert status == 502 and body["error"]["code"] == "bad_gateway"
+        assert "engine" in body["error"]["message"]
+    finally:
+        done.set()
+        thread.join(timeout=10)
+    type(replica).objects.filter(pk=replica.pk).update(url=good_url)
+    gateway.gateway.router.forget(org_a.pk)
+    assert post(gateway, key, {"model": "streamer", "messages": HI})[0] == 200
