@@ -17,6 +17,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route as Path
 
 from gateway import handlers
+from gateway.affinity import Affinity
 from gateway.auth import Auth, Caller
 from gateway.control import Load
 from gateway.counting import answer_text, count_completion, count_prompt
@@ -36,12 +37,13 @@ class Gateway:
     """The state of one gateway app, and the bookkeeping every proxied request does."""
 
     def __init__(self):
+        self.metrics = Metrics()
         self.auth = Auth()
-        self.router = Router()
         self.limiter = Limiter()
+        # Prefix homes shared through the limiter's Redis, when there is one.
+        self.router = Router(self.metrics, Affinity(self.limiter.redis))
         self.relay = Relay()
         self.meter = Meter()
-        self.metrics = Metrics()
         self.load = Load(self.metrics)
         self.tasks: set[asyncio.Task] = set()  # bookkeeping still under way (see `spawn`)
 

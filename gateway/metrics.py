@@ -85,6 +85,15 @@ class Metrics:
                 registry=self.registry,
             )
         )
+        self.prefix_routed = Labelled(
+            Counter(
+                "gantry_gateway_prefix_routed_total",
+                "Prefix-affinity requests: taken by the replica their prefix hashes to "
+                "(affinity), or passed on by the load bound (spill)",
+                ["deployment", "outcome"],
+                registry=self.registry,
+            )
+        )
         self.unreachable = Labelled(
             Counter(
                 "gantry_gateway_replica_unreachable_total",

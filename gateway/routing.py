@@ -6,31 +6,35 @@ deployment's routing policy:
   always break the same way);
 * ``prefix_affinity`` — requests whose prompts start alike (the same system prompt, the same
   conversation so far) go to the same replica, where the engine still holds that prefix in
-  its prompt cache. The replica is picked by rendezvous hashing of the prompt's first
-  GATEWAY_PREFIX_CHARS characters, so every gateway process picks the same one without
-  sharing any state. Load stays bounded (consistent hashing with bounded loads): a replica
-  is passed over while taking the request would put it above
-  GATEWAY_PREFIX_LOAD_FACTOR × the region's mean load (in flight from this process), and
-  the next one in the prefix's own hash order takes it — so a busy prefix spills over to
-  the same second replica every time, which then warms its cache for it too.
+  its prompt cache. A prefix (the prompt's first GATEWAY_PREFIX_CHARS characters) has a
+  home replica (`affinity`): when the prefix is first seen, the replica with the fewest
+  homes (then the least loaded), so each engine's cache holds its share; homes are
+  shared by every gateway process through Redis. Load stays bounded: the home is passed over
+  while taking the request would put it above both GATEWAY_PREFIX_LOAD_FACTOR × the
+  region's mean load and the least loaded replica's load + GATEWAY_PREFIX_LOAD_SLACK (in
+  flight from this process), and the least loaded replica takes the request — the
+  prefix keeps its home. A home that is no longer running is replaced the same way.
 
 The client's region comes from the client address through GATEWAY_REGION_CIDRS
 ("10.1.0.0/16=eu-west,…"); from a trusted proxy (GATEWAY_TRUSTED_PROXIES), its
 `X-Gantry-Region` header or the client address it forwards in `X-Forwarded-For`.
 """
 
-import hashlib
 import ipaddress
 import json
+import logging
 import math
 from collections import defaultdict
 
 from django.conf import settings
 from starlette.requests import Request
 
+from gateway.affinity import Affinity
 from gateway.cache import Cache
 from gateway.db import db
 from gateway.routes import Route, Target, region_locations, route_ttl, routes_for
+
+log = logging.getLogger("gateway.routing")
 
 LOCATIONS_TTL_S = 60.0
 
@@ -91,23 +95,21 @@ def prefix_of(body: dict) -> str:
     return text[: int(getattr(settings, "GATEWAY_PREFIX_CHARS", 1024))]
 
 
-def rendezvous(prefix: str, targets: list[Target]) -> list[Target]:
-    """The replicas in this prefix's own order: highest hash of (prefix, replica) first.
-    Adding or removing a replica moves only the prefixes that ranked it first."""
-    seed = hashlib.blake2b(prefix.encode(), digest_size=16).digest()
-
-    def weight(t: Target) -> bytes:
-        return hashlib.blake2b(str(t.replica_id).encode(), key=seed, digest_size=8).digest()
-
-    return sorted(targets, key=weight, reverse=True)
-
-
 def bounded(order: list[Target], load: dict[int, int]) -> list[Target]:
     """`order` with the first replica whose load stays within the bound moved to the front:
-    ceil(factor × mean load counting this request), never below the least loaded + 1."""
+    ceil(factor × mean load counting this request), never below the least loaded + slack.
+    The factor governs at high load; the slack at low load, where a factor of the mean
+    would spill a prefix over a difference of one or two requests — which costs the
+    other replica a whole prompt read and room in its cache, more than waiting behind a
+    few requests that find their prefixes cached (measured in bench/routing.py: with a
+    slack of 1 or 2 such spills cascade — each cold read slows its replica, which
+    spills more — and the TTFT gain over least-busy swings between 1.2× and 2.2× from
+    run to run; with 4 nothing spills at that load, and it holds at 2.4×)."""
     factor = float(getattr(settings, "GATEWAY_PREFIX_LOAD_FACTOR", 1.25))
+    slack = max(1, int(getattr(settings, "GATEWAY_PREFIX_LOAD_SLACK", 4)))
     total = sum(load[t.replica_id] for t in order) + 1
-    bound = max(math.ceil(factor * total / len(order)), min(load[t.replica_id] for t in order) + 1)
+    least = min(load[t.replica_id] for t in order)
+    bound = max(math.ceil(factor * total / len(order)), least + slack)
     for i, t in enumerate(order):
         if load[t.replica_id] + 1 <= bound:
             return [t, *order[:i], *order[i + 1 :]]
@@ -125,7 +127,9 @@ def _within(ip: str, nets: list) -> bool:
 
 
 class Router:
-    def __init__(self):
+    def __init__(self, metrics=None, affinity: Affinity | None = None):
+        self.metrics = metrics  # counts prefix-affinity outcomes when given
+        self.affinity = affinity or Affinity()
         self.tables = Cache(ttl=route_ttl())
         self.locations = Cache(ttl=LOCATIONS_TTL_S)
         self.cidrs = CidrTable(getattr(settings, "GATEWAY_REGION_CIDRS", ""))
@@ -192,4 +196,41 @@ class Router:
         rest = order[len(nearest) :]
         if len(nearest) < 2:
             return order
-        return [*bounded(rendezvous(prefix, nearest), self.in_flight), *rest]
+        key = self.affinity.key(route.deployment_id, prefix)
+        home = await self.affinity.home(key)
+        ids = {t.replica_id: t for t in nearest}
+        outcome = "affinity"
+        if home not in ids:  # a new prefix, or its home stopped: a new home for it
+            # The replica with the fewest homes, then the least loaded: each engine's cache
+            # holds its own share of the prefixes (how busy a replica is at this instant
+            # says little of how much it will have to hold), and the load bound below
+            # still keeps a busy home from taking the request.
+            first = min(
+                nearest,
+                key=lambda t: (
+                    self.affinity.claims[t.replica_id],
+                    self.in_flight[t.replica_id],
+                    t.replica_id,
+                ),
+            )
+            home = await self.affinity.claim(key, first.replica_id, move=home is not None)
+            outcome = "new"
+            if home not in ids:  # claimed by a process that still sees a replica gone
+                home = first.replica_id
+        # The home first, then the rest least loaded first (`nearest` is in that order).
+        own = [ids[home], *(t for t in nearest if t.replica_id != home)]
+        picked = bounded(own, self.in_flight)
+        if picked[0] is not own[0]:
+            outcome = "spill"
+        if self.metrics is not None:
+            self.metrics.prefix_routed.labels(str(route.deployment_id), outcome).inc()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "prefix %s: home %s, %s to %s (in flight %s)",
+                key[-8:],
+                home,
+                outcome,
+                picked[0].replica_id,
+                {t.replica_id: self.in_flight[t.replica_id] for t in nearest},
+            )
+        return [*picked, *rest]

@@ -385,10 +385,15 @@ GATEWAY_URL = env.str("GATEWAY_URL", default="http://127.0.0.1:8001").rstrip("/"
 GATEWAY_REGION_CIDRS = env.str("GATEWAY_REGION_CIDRS", default="")
 GATEWAY_ROUTE_TTL_S = env.float("GATEWAY_ROUTE_TTL_S", default=2.0)
 # Prefix-affinity routing: how much of a prompt makes its prefix (characters of the
-# rendered messages), and how far above the mean load a replica may be and still keep it.
+# rendered messages), and how far above the mean load (factor) and above the least loaded
+# replica (requests in flight) a prefix's home may be and still take it.
 GATEWAY_PREFIX_CHARS = env.int("GATEWAY_PREFIX_CHARS", default=1024)
 GATEWAY_PREFIX_LOAD_FACTOR = env.float("GATEWAY_PREFIX_LOAD_FACTOR", default=1.25)
-# Shared rate-limit counters for several gateway processes; empty: kept in the process.
+GATEWAY_PREFIX_LOAD_SLACK = env.int("GATEWAY_PREFIX_LOAD_SLACK", default=4)
+# How long a prefix keeps its home replica after its last request.
+GATEWAY_PREFIX_TTL_S = env.int("GATEWAY_PREFIX_TTL_S", default=600)
+# Shared rate-limit counters and prefix homes for several gateway processes; empty: kept
+# in the process.
 GATEWAY_REDIS_URL = env.str("GATEWAY_REDIS_URL", default="")
 # Bearer token Prometheus sends to scrape /metrics; empty: /metrics answers 404.
 GATEWAY_METRICS_TOKEN = env.str("GATEWAY_METRICS_TOKEN", default="")

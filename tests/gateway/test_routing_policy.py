@@ -1,5 +1,5 @@
 """The routing policy per deployment: least-busy or prefix affinity with bounded load,
-through the API, the page and the gateway (one process, and two sharing nothing)."""
+through the API, the page and the gateway (one process, and two sharing Redis)."""
 
 import asyncio
 
@@ -7,9 +7,11 @@ import httpx2 as httpx
 import pytest
 
 from deployments.models import Deployment, GpuType, Node, Region, Replica
+from gateway import affinity as affinity_module
+from gateway.affinity import Affinity
 from gateway.routes import Target
-from gateway.routing import bounded, prefix_of, rendezvous
-from tests.conftest import owner_of
+from gateway.routing import bounded, prefix_of
+from tests.conftest import need, owner_of, redis_available, redis_url
 from tests.gateway.upstream import start_upstream
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -23,15 +25,57 @@ def _targets(n: int) -> list[Target]:
     return [Target(i, f"http://r{i}", "local") for i in range(1, n + 1)]
 
 
-def test_a_prefix_ranks_the_replicas_the_same_way_every_time_and_in_every_process():
-    targets = _targets(4)
-    for system in SYSTEM:
-        prefix = prefix_of({"messages": [{"role": "system", "content": system}]})
-        first = rendezvous(prefix, targets)
-        assert rendezvous(prefix, list(reversed(targets))) == first
-    # Different prompts spread over the replicas.
-    tops = {rendezvous(prefix_of({"prompt": s}), targets)[0].replica_id for s in SYSTEM * 2}
-    assert len(tops) >= 2
+def test_a_prefix_keeps_the_home_its_first_claim_gave_it_in_every_process():
+    need(redis_available(), "Redis (prefix homes shared by gateway processes)")
+    import redis.asyncio as aioredis
+
+    async def run():
+        shared = [aioredis.Redis.from_url(redis_url()) for _ in range(2)]
+        one, two = Affinity(shared[0]), Affinity(shared[1])
+        key = Affinity.key(7, f"a system prompt {id(shared)}")
+        assert await one.home(key) is None
+        assert await one.claim(key, 1) == 1
+        # The other process reads the home, and its own claim loses to the first one.
+        assert await two.home(key) == 1
+        assert await two.claim(key, 2) == 1
+        # A home that stopped is taken over.
+        assert await two.claim(key, 2, move=True) == 2
+        assert await Affinity(shared[0]).home(key) == 2
+        # Another deployment's prefix of the same text is its own.
+        assert await two.home(Affinity.key(8, f"a system prompt {id(shared)}")) is None
+        for client in shared:
+            await client.delete(key)
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_without_redis_the_homes_are_kept_in_the_process_and_bounded(monkeypatch):
+    monkeypatch.setattr(affinity_module, "MAX_LOCAL", 100)
+
+    async def run():
+        homes = Affinity()
+        for i in range(1000):  # a client sending a new prefix with every request
+            assert await homes.claim(Affinity.key(1, f"prompt {i}"), i % 3 + 1) == i % 3 + 1
+        assert len(homes.local) == 100
+        assert await homes.home(Affinity.key(1, "prompt 999")) == 999 % 3 + 1
+        assert await homes.home(Affinity.key(1, "prompt 0")) is None  # the oldest went first
+
+    asyncio.run(run())
+
+
+def test_redis_down_routes_as_if_the_prefix_were_new():
+    import redis.asyncio as aioredis
+
+    async def run():
+        down = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+        homes = Affinity(down)
+        key = Affinity.key(1, "prompt")
+        assert await homes.home(key) is None
+        assert await homes.claim(key, 3) == 3  # kept in the process meanwhile
+        await down.aclose()
+
+    asyncio.run(run())
 
 
 def test_the_prefix_is_the_start_of_the_conversation_not_its_last_turn():
@@ -53,15 +97,28 @@ def test_the_prefix_is_the_start_of_the_conversation_not_its_last_turn():
     assert prefix_of({"prompt": [1, 2, 3]}) == "[1, 2, 3]"
 
 
-def test_a_busy_replica_passes_its_prefix_to_the_next_in_that_prefixs_order():
-    targets = _targets(3)
-    order = rendezvous("p", targets)
-    load = {t.replica_id: 0 for t in targets}
+def test_a_busy_home_passes_the_request_to_the_next_replica_in_order():
+    order = _targets(3)  # the home first, then the others least loaded first
+    load = {t.replica_id: 0 for t in order}
     assert bounded(order, load)[0] == order[0]
     load[order[0].replica_id] = 5  # far above the mean
     assert bounded(order, load)[0] == order[1]
     load[order[1].replica_id] = 5
     assert bounded(order, load)[0] == order[2]
+
+
+def test_at_low_load_a_home_keeps_its_prefix_within_the_slack(settings):
+    settings.GATEWAY_PREFIX_LOAD_SLACK = 2
+    order = _targets(2)
+    # One request more than the idle replica: within the slack, the home keeps it ...
+    assert bounded(order, {1: 1, 2: 0})[0] == order[0]
+    # ... two more: past both the slack and the factor of the mean, it spills.
+    assert bounded(order, {1: 2, 2: 0})[0] == order[1]
+    settings.GATEWAY_PREFIX_LOAD_SLACK = 3  # a wider slack keeps it there too
+    assert bounded(order, {1: 2, 2: 0})[0] == order[0]
+    # At high load the factor governs: 25% over the mean, not a fixed number of requests.
+    assert bounded(order, {1: 24, 2: 20})[0] == order[0]
+    assert bounded(order, {1: 40, 2: 20})[0] == order[1]
 
 
 def _deployment(org, pool, urls, policy="prefix_affinity", name="routed"):

@@ -1,0 +1,85 @@
+"""Where each prompt prefix lives: its home replica, for prefix-affinity routing.
+
+A prefix's home is the replica that served it first — the least loaded one when it was
+first seen, so prefixes spread over the replicas as they arrive, however they hash — and
+it stays there for GATEWAY_PREFIX_TTL_S after its last use, while the engine's prompt
+cache holds it. Homes live in Redis when the gateway has one (GATEWAY_REDIS_URL), so every
+gateway process sends a prefix to the same replica: the first process to see a prefix
+claims its home (`SET NX`), the others read it. Each process keeps what it read for a few
+seconds, so a request reads Redis only for a prefix it has not seen lately. Without Redis
+the homes are kept in the process (the embedded default runs one gateway process).
+
+Prefixes are held as digests, in a bounded map (least recently used first out): a client
+sending a new prefix with every request costs the gateway a fixed amount of memory.
+"""
+
+import hashlib
+import logging
+from collections import Counter
+
+from django.conf import settings
+
+from gateway.cache import KeyCache
+
+log = logging.getLogger("gateway.affinity")
+
+MAX_LOCAL = 100_000
+READ_AGAIN_S = 10.0  # how long a process trusts a home it read from Redis
+
+
+def prefix_ttl() -> int:
+    return max(1, int(getattr(settings, "GATEWAY_PREFIX_TTL_S", 600)))
+
+
+class Affinity:
+    def __init__(self, redis=None):
+        self.redis = redis
+        ttl = READ_AGAIN_S if redis is not None else prefix_ttl()
+        self.local = KeyCache(size=MAX_LOCAL, ttl=ttl, negative_ttl=0)
+        # Homes this process gave each replica: how new prefixes are spread when the
+        # replicas are equally loaded.
+        self.claims: Counter[int] = Counter()
+
+    @staticmethod
+    def key(deployment_id: int, prefix: str) -> str:
+        digest = hashlib.blake2b(prefix.encode(), digest_size=16).hexdigest()
+        return f"gantry:prefix:{deployment_id}:{digest}"
+
+    async def home(self, key: str) -> int | None:
+        """The replica this prefix lives on, if it has been seen (its time renewed)."""
+        hit, replica = self.local.get(key)
+        if hit:
+            if self.redis is None:
+                self.local.put(key, replica)  # in-process: a use renews it
+            return replica
+        if self.redis is None:
+            return None
+        try:
+            value = await self.redis.getex(key, ex=prefix_ttl())
+        except Exception as exc:  # Redis down: route as if the prefix were new
+            log.warning("prefix homes unavailable (%s: %s)", type(exc).__name__, exc)
+            return None
+        if value is None:
+            return None
+        self.local.put(key, int(value))
+        return int(value)
+
+    async def claim(self, key: str, replica_id: int, *, move: bool = False) -> int:
+        """Make `replica_id` the prefix's home unless another process did first (then
+        theirs is the home, and returned); `move`: its home is gone, take it over."""
+        if self.redis is not None:
+            try:
+                if await self.redis.set(key, replica_id, ex=prefix_ttl(), nx=not move):
+                    winner = replica_id
+                else:
+                    value = await self.redis.get(key)
+                    winner = int(value) if value is not None else replica_id
+            except Exception as exc:
+                log.warning("prefix homes unavailable (%s: %s)", type(exc).__name__, exc)
+                winner = replica_id
+        else:
+            winner = replica_id
+        if winner == replica_id:
+            self.claims[replica_id] += 1
+        self.local.put(key, winner)
+        return winner
