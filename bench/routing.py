@@ -19,12 +19,18 @@ seconds the replicas and TTFT p95 of the last window; the scale-up reaction time
 load step to the second replica serving). The autoscaler and reconciler run in this
 process every few seconds, as beat and the worker would.
 
-Each replica's prompt cache (llama.cpp `--cache_size`) holds BENCH_CACHE_STATES (5)
+Each replica's prompt cache (llama.cpp `--cache_size`) holds BENCH_CACHE_STATES (12)
 system-prompt states, measured on the model first: like a GPU's KV memory, room for some
-of the prefixes in play, not all.
+of the 8 prefixes in play, not all — one replica cannot keep them all, two together can,
+which is the case prefix affinity is for. (llama-cpp-python's cache keeps one state per
+answered request — the whole conversation — so a prompt in steady use holds about two:
+12 states are room for about 6 of the 8 prompts.) Before each policy's run every replica answers
+one unrelated request as long (a fresh llama.cpp process reads its first long prompts
+several times slower than later ones), and after it the engines' own logs say how many requests
+had to read their whole prompt (a prompt-cache miss) — the why behind the TTFT figures.
 
 Env: BENCH_DATABASE_URL (default …/gantry_bench_routing), BENCH_USERS (32), BENCH_TURNS
-(2), BENCH_CONCURRENCY (4), BENCH_EMBD (128), BENCH_LAYERS (4), BENCH_CACHE_STATES (5),
+(2), BENCH_CONCURRENCY (4), BENCH_EMBD (128), BENCH_LAYERS (4), BENCH_CACHE_STATES (12),
 BENCH_TRACE_SCALE (1: phase lengths).
 """
 
@@ -62,8 +68,8 @@ EMBD = int(os.environ.get("BENCH_EMBD", "128"))
 TRACE_SCALE = float(os.environ.get("BENCH_TRACE_SCALE", "1"))  # shorter phases for a try
 LAYERS = int(os.environ.get("BENCH_LAYERS", "4"))
 # Prompt-cache room per replica, in system-prompt states: like a GPU's KV memory, it holds
-# some of the prefixes in play, not all (8 here).
-CACHE_STATES = float(os.environ.get("BENCH_CACHE_STATES", "5"))
+# some of the prefixes in play, not all (8 here; a prompt in use takes about two states).
+CACHE_STATES = float(os.environ.get("BENCH_CACHE_STATES", "12"))
 MAX_TOKENS = 16
 SYSTEM_PROMPTS = 8
 WORDS = [
@@ -189,13 +195,29 @@ async def closed_loop(base, key, model, conversations, total, concurrency) -> li
     return results
 
 
-def replica_counts(base: str) -> dict[str, float]:
+def gateway_metrics(base: str) -> str:
     import urllib.request
 
     request = urllib.request.Request(
         f"{base}/metrics", headers={"Authorization": "Bearer bench-routing-metrics"}
     )
-    text = urllib.request.urlopen(request, timeout=10).read().decode()
+    return urllib.request.urlopen(request, timeout=10).read().decode()
+
+
+def spills(base: str) -> dict[str, float]:
+    """Prefix-affinity outcomes so far: affinity (the prefix's own replica) and spill."""
+    found = {"affinity": 0.0, "spill": 0.0}
+    for m in re.finditer(
+        r'^gantry_gateway_prefix_routed_total\{[^}]*outcome="(\w+)"[^}]*\} (\S+)$',
+        gateway_metrics(base),
+        re.M,
+    ):
+        found[m.group(1)] = found.get(m.group(1), 0) + float(m.group(2))
+    return found
+
+
+def replica_counts(base: str) -> dict[str, float]:
+    text = gateway_metrics(base)
     counts: dict[str, float] = {}
     for m in re.finditer(
         r'^gantry_gateway_time_to_first_token_seconds_count\{[^}]*replica="(\d+)"[^}]*\} (\S+)$',
@@ -244,16 +266,59 @@ def summary(results: list[dict], seconds: float) -> dict:
     }
 
 
+def warm_up(d, base, key) -> None:
+    """One request per replica (two at once under least_busy: one each), on a prompt unlike
+    the workload's, so the measured run starts on warmed processes with nothing of its
+    prompts in their caches."""
+    from deployments.models import Deployment
+
+    Deployment.objects.filter(pk=d.pk).update(routing_policy="least_busy")
+    time.sleep(2.5)  # past the gateway's route TTL
+    # As long as the workload's prompts (a fresh engine's first long reads are the slow
+    # ones), and unlike any of them from the first character.
+    rng = random.Random(99)
+    conversations = [
+        Conversation(
+            f"Warm-up {i}: " + " ".join(rng.choice(WORDS) for _ in range(150))[:1000], -1 - i
+        )
+        for i in range(2)
+    ]
+    results = asyncio.run(closed_loop(base, key, d.name, conversations, 2, 2))
+    if any(r["status"] != 200 for r in results):
+        raise SystemExit(f"warm-up failed: {results}")
+
+
+def engine_logs() -> dict[Path, int]:
+    """Each replica's engine log and its size now."""
+    return {p: p.stat().st_size for p in (VAR / "replicas").glob("*/*/log")}
+
+
+def full_prefills(since: dict[Path, int]) -> tuple[int, int]:
+    """(requests that read their whole ~1k-token prompt, requests) in the engines' logs
+    after `since`: llama.cpp prints the tokens it evaluated for each prompt."""
+    full = total = 0
+    for path in engine_logs():
+        with open(path, "rb") as f:
+            f.seek(since.get(path, 0))
+            text = f.read().decode("utf-8", "replace")
+        for m in re.finditer(r"prompt eval time =\s*[\d.]+ ms /\s*(\d+) tokens", text):
+            total += 1
+            full += int(m.group(1)) > 500
+    return full, total
+
+
 def run_policy(d, policy, base, key, seed) -> dict:
     from deployments.models import Deployment
 
     restart_cold(d, 2)
+    warm_up(d, base, key)
     Deployment.objects.filter(pk=d.pk).update(routing_policy=policy)
     time.sleep(2.5)  # past the gateway's route TTL
     rng = random.Random(seed)
     prompts = system_prompts(rng)
     conversations = [Conversation(prompts[u % SYSTEM_PROMPTS], u) for u in range(USERS)]
-    before = replica_counts(base)
+    before, outcomes = replica_counts(base), spills(base)
+    logs = engine_logs()
     started = time.perf_counter()
     results = asyncio.run(closed_loop(base, key, d.name, conversations, USERS * TURNS, CONCURRENCY))
     seconds = time.perf_counter() - started
@@ -263,6 +328,8 @@ def run_policy(d, policy, base, key, seed) -> dict:
     out = summary(results, seconds)
     out["per_replica"] = per
     out["max_load_ratio"] = max(per) / (sum(per) / len(per)) if sum(per) else float("nan")
+    out["full_prefills"] = full_prefills(logs)
+    out["spilled"] = spills(base)["spill"] - outcomes["spill"]
     return out
 
 
@@ -451,19 +518,21 @@ def main() -> None:
             f"prompt cache per replica: {cache_bytes >> 10} KiB = {CACHE_STATES:g} "
             f"system-prompt states of {per_state >> 10} KiB (of 8 prompts in play)"
         )
-        print("machine: 2 shared cores, busy with other work during the run")
+        print(f"machine: {os.cpu_count()} cores, shared by the engines, the gateway and this load")
         figures = {}
         for policy in ("least_busy", "prefix_affinity"):
             figures[policy] = run_policy(d, policy, base, raw, seed=1)
         print(
             f"\n{'policy':<16}{'TTFT p50':>10}{'TTFT p95':>10}{'out tok/s':>11}"
-            f"{'errors':>8}  requests per replica (max/mean)"
+            f"{'errors':>8}{'whole prompt read':>19}{'spilled':>9}  requests per replica (max/mean)"
         )
         for policy, f in figures.items():
+            full, total = f["full_prefills"]
             print(
                 f"{policy:<16}{f['ttft_p50_ms']:>8.0f}ms{f['ttft_p95_ms']:>8.0f}ms"
-                f"{f['tokens_per_s']:>11.1f}{f['errors']:>8}  {f['per_replica']} "
-                f"({f['max_load_ratio']:.2f})"
+                f"{f['tokens_per_s']:>11.1f}{f['errors']:>8}{f'{full}/{total}':>19}"
+                f"{f['spilled']:>9.0f}  "
+                f"{f['per_replica']} ({f['max_load_ratio']:.2f})"
             )
         lb, pa = figures["least_busy"], figures["prefix_affinity"]
         gain = lb["ttft_p50_ms"] / pa["ttft_p50_ms"] if pa["ttft_p50_ms"] else float("nan")
