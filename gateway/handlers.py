@@ -21,7 +21,6 @@ from gateway import errors
 from gateway.auth import Caller, bearer
 from gateway.control import wake
 from gateway.db import db
-from gateway.metering import usage_counts
 from gateway.metrics import CONTENT_TYPE
 from gateway.relay import UNREACHABLE, AnswerTooLarge, EventStream
 from gateway.routes import Route, Target
@@ -186,10 +185,10 @@ async def proxy(request: Request, path: str) -> Response:
             answer=answer,
             ttft=ttft,
         )
-        if status == 200 and usage_counts(answer.get("usage")) is None:
-            gw.spawn(settle)  # counting asks the engine's tokenizer: not on the request path
-        else:
-            await settle
+        # Bookkeeping is off the request path: it may ask the engine's tokenizer, and it
+        # counts the tokens against the key's limit in Redis — a round trip the client
+        # need not wait for (the next request of the key sees it, as after a stream).
+        gw.spawn(settle)
         return Response(data, status_code=status, media_type="application/json", headers=headers)
     return errors.model_unreachable(name)
 
