@@ -68,6 +68,14 @@ def gateway_processes(transactional_db, tmp_path, settings):
     from tests.conftest import database_url_for_subprocess, need, redis_available, redis_url
 
     need(redis_available(), "Redis (shared gateway counters)")
+    import redis
+
+    # Prefix homes of an earlier session's deployments (their ids repeat in a fresh test
+    # database) would decide where this session's prefixes go.
+    shared = redis.Redis.from_url(redis_url())
+    for key in shared.scan_iter("gantry:prefix:*"):
+        shared.delete(key)
+    shared.close()
     root = Path(__file__).resolve().parents[2]
     env = {
         **os.environ,

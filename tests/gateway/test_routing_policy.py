@@ -201,6 +201,28 @@ def test_two_gateway_processes_send_a_prefix_to_the_same_replica(
     assert len(set().union(*seen.values())) >= 2
 
 
+def test_new_prefixes_spread_evenly_and_a_stopped_home_is_replaced(
+    gateway, upstreams, org_a, local_pool, api_client_for
+):
+    d = _deployment(org_a, local_pool, [u.url for u in upstreams])
+    key = api_client_for(org_a).raw_key
+    base = gateway.base_url.removesuffix("/v1")
+    for n, system in enumerate(SYSTEM):  # one at a time: every replica idle each time
+        assert _ask(base, key, system, f"user {n}") == 200
+    seen = _who_got(upstreams)
+    homes = [sum(1 for replicas in seen.values() if i in replicas) for i in range(3)]
+    assert homes == [2, 2, 2], seen  # 6 prompts, 3 replicas: two homes each
+    # The home of the first prompt stops: the prompt gets a new home, and stays there.
+    first = next(iter(seen[SYSTEM[0]]))
+    d.replicas.filter(url=upstreams[first].url).update(status="stopped")
+    gateway.gateway.router.forget(org_a.pk)
+    before = [len(u.received) for u in upstreams]
+    for turn in range(3):
+        assert _ask(base, key, SYSTEM[0], f"user 0 turn {turn}") == 200
+    gained = [len(u.received) - n for u, n in zip(upstreams, before, strict=True)]
+    assert gained[first] == 0 and sorted(gained) == [0, 0, 3], gained
+
+
 def test_least_busy_ignores_the_prompt(gateway, upstreams, org_a, local_pool, api_client_for):
     _deployment(org_a, local_pool, [u.url for u in upstreams], policy="least_busy")
     key = api_client_for(org_a).raw_key
