@@ -40,6 +40,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -409,12 +410,16 @@ def autoscale_trace(d, base, key) -> tuple[list, float]:
 
         asyncio.run(run())
 
-    phase(1, 30 * TRACE_SCALE, 100)
-    step_up_at["t"] = time.perf_counter() - t0
-    phase(6, 75 * TRACE_SCALE, 200)
-    phase(1, 60 * TRACE_SCALE, 300)
-    stop.set()
-    thread.join(timeout=60)
+    try:
+        phase(1, 30 * TRACE_SCALE, 100)
+        step_up_at["t"] = time.perf_counter() - t0
+        phase(6, 75 * TRACE_SCALE, 200)
+        phase(1, 60 * TRACE_SCALE, 300)
+    finally:
+        # Also on Ctrl-C: the autoscaler must stop before the clean-up scales to zero,
+        # or the two fight over the replica count until the clean-up gives up.
+        stop.set()
+        thread.join(timeout=60)
     up = next((t for t, _, run, _ in samples if t >= step_up_at["t"] and run >= 2), None)
     reaction = (up - step_up_at["t"]) if up is not None else float("nan")
     errors = sum(1 for r in results if r["status"] != 200)
@@ -433,6 +438,8 @@ def state_bytes(model: Path, prompt: str) -> int:
 
 
 def main() -> None:
+    # A SIGTERM stops the bench as Ctrl-C does: through the clean-up below, engines too.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     django_on_postgres()
     from django.contrib.auth import get_user_model
 
