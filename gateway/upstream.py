@@ -22,7 +22,7 @@ What the relay relies on:
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from functools import lru_cache
 from urllib.parse import urlsplit
 
@@ -190,6 +190,7 @@ class Connection(asyncio.Protocol):
         self.answer: Answer | None = None
         self.closed = False
         self.used = False  # has carried an answer (a reused connection may be stale)
+        self.on_lost: Callable[[Connection], None] | None = None  # the pool's, once kept
         self._length_known = False
         self._paused = False
 
@@ -209,6 +210,8 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.on_lost is not None:
+            self.on_lost(self)
         answer, self.answer = self.answer, None
         if answer is None:
             return
@@ -270,9 +273,10 @@ class Connection(asyncio.Protocol):
 
 
 class _Engine:
-    __slots__ = ("active", "idle", "waiters")
+    __slots__ = ("active", "idle", "key", "waiters")
 
-    def __init__(self) -> None:
+    def __init__(self, key: tuple[str, int, bool]) -> None:
+        self.key = key
         self.idle: deque[Connection] = deque()
         self.active = 0
         self.waiters: deque[asyncio.Future] = deque()
@@ -292,7 +296,7 @@ class Pool:
         host, _, port, tls = _engine(url)
         engine = self._engines.get((host, port, tls))
         if engine is None:
-            engine = self._engines[(host, port, tls)] = _Engine()
+            engine = self._engines[(host, port, tls)] = _Engine((host, port, tls))
         head = _head(url, path, authorization)
         request = b"%s%d\r\n\r\n%s" % (head, len(payload), payload)
         for attempt in range(2):
@@ -340,9 +344,11 @@ class Pool:
             connection = await self._connect(host, port, tls)
         except BaseException:
             engine.active -= 1
-            self._free_place(engine)
+            if not self._free_place(engine):
+                self._prune(engine)
             raise
         self._owner[connection] = engine
+        connection.on_lost = self._lost
         return connection
 
     async def _connect(self, host: str, port: int, tls: bool) -> Connection:
@@ -385,16 +391,33 @@ class Pool:
             engine.active -= 1
         self._owner.pop(connection, None)
         connection.close()
-        self._free_place(engine)
+        if not self._free_place(engine):
+            self._prune(engine)
+
+    def _lost(self, connection: Connection) -> None:
+        """An idle connection the engine closed (or a replica that went away) is let go,
+        and with the last of an engine's connections, the engine's entry."""
+        engine = self._owner.get(connection)
+        if engine is None or connection not in engine.idle:
+            return  # a connection in use is let go when its answer is released
+        engine.idle.remove(connection)
+        del self._owner[connection]
+        self._prune(engine)
+
+    def _prune(self, engine: _Engine) -> None:
+        idle = not engine.idle and not engine.active and not engine.waiters
+        if idle and self._engines.get(engine.key) is engine:
+            del self._engines[engine.key]
 
     @staticmethod
-    def _free_place(engine: _Engine) -> None:
-        """A connection's place came free: the first request waiting opens its own."""
+    def _free_place(engine: _Engine) -> bool:
+        """A connection's place came free: the first request waiting opens its own (True)."""
         while engine.waiters:
             waiter = engine.waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
-                return
+                return True
+        return False
 
     async def close(self) -> None:
         for connection in list(self._owner):

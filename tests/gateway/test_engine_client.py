@@ -178,6 +178,7 @@ def test_a_refused_connection_is_unreachable():
             pool = Pool()
             with pytest.raises(Unreachable):
                 await pool.post(f"http://127.0.0.1:{port}", "/v1/completions", b"{}")
+            assert pool._engines == {}  # nothing kept for an engine that is not there
             await pool.close()
 
         asyncio.run(run())
@@ -350,3 +351,26 @@ def test_a_large_stream_is_read_whole_through_the_pause_and_resume(monkeypatch):
             return got
 
     assert asyncio.run(run()) == body
+
+
+def test_connections_an_engine_closed_while_idle_are_let_go_with_the_engines_entry():
+    async def answer_once(request, writer):
+        await json_answer()(request, writer)
+        await asyncio.sleep(0.05)
+        return False  # the engine closes the kept connection soon after answering
+
+    async def run():
+        async with Engine(answer_once) as engine:
+            pool = Pool()
+            for _ in range(3):
+                assert await whole(await pool.post(engine.url, "/v1/completions", b"{}"))
+            for _ in range(50):
+                if not pool._engines:
+                    break
+                await asyncio.sleep(0.02)
+            assert pool._engines == {} and pool._owner == {}
+            # The next request opens a connection afresh.
+            assert await whole(await pool.post(engine.url, "/v1/completions", b"{}"))
+            await pool.close()
+
+    asyncio.run(run())
