@@ -25,6 +25,12 @@ log = logging.getLogger("gateway.affinity")
 
 MAX_LOCAL = 100_000
 READ_AGAIN_S = 10.0  # how long a process trusts a home it read from Redis
+# A prefix whose home passed this many requests in a row on to another replica (the load
+# bound) moves its home there: a home that stays too busy — all the prefixes were homed
+# before a replica was added, or one prefix grew hot — sheds prefixes, at one cold read
+# each, instead of spilling every request.
+MOVE_AFTER_SPILLS = 3
+SPILLS_KEPT_S = 60.0  # spills further apart than this are not "in a row"
 
 
 def prefix_ttl() -> int:
@@ -39,6 +45,7 @@ class Affinity:
         # Homes this process gave each replica: how new prefixes are spread when the
         # replicas are equally loaded.
         self.claims: Counter[int] = Counter()
+        self.spills = KeyCache(size=MAX_LOCAL, ttl=SPILLS_KEPT_S, negative_ttl=0)
 
     @staticmethod
     def key(deployment_id: int, prefix: str) -> str:
@@ -64,9 +71,26 @@ class Affinity:
         self.local.put(key, int(value))
         return int(value)
 
-    async def claim(self, key: str, replica_id: int, *, move: bool = False) -> int:
+    def spilled(self, key: str) -> bool:
+        """A request of this prefix went elsewhere; True when its home should move."""
+        hit, count = self.spills.get(key)
+        count = count + 1 if hit else 1
+        self.spills.put(key, count)
+        return count >= MOVE_AFTER_SPILLS
+
+    def kept(self, key: str) -> None:
+        """A request of this prefix went home: its spills are no longer in a row."""
+        self.spills.items.pop(key, None)
+
+    async def claim(
+        self, key: str, replica_id: int, *, move: bool = False, previous: int | None = None
+    ) -> int:
         """Make `replica_id` the prefix's home unless another process did first (then
-        theirs is the home, and returned); `move`: its home is gone, take it over."""
+        theirs is the home, and returned); `move`: take it over from `previous` (gone, or
+        too busy)."""
+        self.kept(key)
+        if move and previous is not None and self.claims[previous] > 0:
+            self.claims[previous] -= 1
         if self.redis is not None:
             try:
                 if await self.redis.set(key, replica_id, ex=prefix_ttl(), nx=not move):

@@ -88,8 +88,9 @@ class Metrics:
         self.prefix_routed = Labelled(
             Counter(
                 "gantry_gateway_prefix_routed_total",
-                "Prefix-affinity requests: taken by the replica their prefix hashes to "
-                "(affinity), or passed on by the load bound (spill)",
+                "Prefix-affinity requests: sent to their prefix's home (affinity), to a new "
+                "home (new), passed on by the load bound (spill), or moving the prefix's "
+                "home after spills in a row (moved)",
                 ["deployment", "outcome"],
                 registry=self.registry,
             )

@@ -13,7 +13,10 @@ deployment's routing policy:
   while taking the request would put it above both GATEWAY_PREFIX_LOAD_FACTOR × the
   region's mean load and the least loaded replica's load + GATEWAY_PREFIX_LOAD_SLACK (in
   flight from this process), and the least loaded replica takes the request — the
-  prefix keeps its home. A home that is no longer running is replaced the same way.
+  prefix keeps its home, unless its home passed on MOVE_AFTER_SPILLS of its requests in a
+  row: then the prefix moves to where they went (a replica added to a deployment takes
+  over prefixes this way). A home that is no longer running is replaced as for a new
+  prefix.
 
 The client's region comes from the client address through GATEWAY_REGION_CIDRS
 ("10.1.0.0/16=eu-west,…"); from a trusted proxy (GATEWAY_TRUSTED_PROXIES), its
@@ -213,7 +216,9 @@ class Router:
                     t.replica_id,
                 ),
             )
-            home = await self.affinity.claim(key, first.replica_id, move=home is not None)
+            home = await self.affinity.claim(
+                key, first.replica_id, move=home is not None, previous=home
+            )
             outcome = "new"
             if home not in ids:  # claimed by a process that still sees a replica gone
                 home = first.replica_id
@@ -222,6 +227,13 @@ class Router:
         picked = bounded(own, self.in_flight)
         if picked[0] is not own[0]:
             outcome = "spill"
+            if self.affinity.spilled(key):  # its home stays too busy: it moves
+                await self.affinity.claim(
+                    key, picked[0].replica_id, move=True, previous=own[0].replica_id
+                )
+                outcome = "moved"
+        elif outcome == "affinity":
+            self.affinity.kept(key)
         if self.metrics is not None:
             self.metrics.prefix_routed.labels(str(route.deployment_id), outcome).inc()
         if log.isEnabledFor(logging.DEBUG):

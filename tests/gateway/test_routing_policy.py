@@ -223,6 +223,38 @@ def test_new_prefixes_spread_evenly_and_a_stopped_home_is_replaced(
     assert gained[first] == 0 and sorted(gained) == [0, 0, 3], gained
 
 
+def test_a_home_that_stays_too_busy_moves_its_prefix_to_where_its_requests_went(
+    gateway, upstreams, org_a, local_pool, api_client_for
+):
+    d = _deployment(org_a, local_pool, [u.url for u in upstreams[:2]])
+    key = api_client_for(org_a).raw_key
+    base = gateway.base_url.removesuffix("/v1")
+    assert _ask(base, key, SYSTEM[0], "first") == 200
+    home = next(iter(_who_got(upstreams[:2])[SYSTEM[0]]))
+    busy = d.replicas.get(url=upstreams[home].url).pk
+    router = gateway.gateway.router
+    router.in_flight[busy] += 10  # as if ten requests were under way there
+    try:
+        for turn in range(3):  # each passed on by the load bound: three in a row
+            assert _ask(base, key, SYSTEM[0], f"turn {turn}") == 200
+    finally:
+        router.in_flight[busy] -= 10
+    before = [len(u.received) for u in upstreams[:2]]
+    # The old home is idle again, but the prefix lives where its requests went now.
+    assert _ask(base, key, SYSTEM[0], "after") == 200
+    gained = [len(u.received) - n for u, n in zip(upstreams[:2], before, strict=True)]
+    assert gained[home] == 0 and gained[1 - home] == 1, gained
+
+
+def test_spills_in_a_row_move_a_home_and_one_request_home_resets_the_count():
+    homes = Affinity()
+    key = Affinity.key(1, "prompt")
+    assert not homes.spilled(key) and not homes.spilled(key)
+    homes.kept(key)  # one request went home: the next spills start again from zero
+    assert not homes.spilled(key) and not homes.spilled(key)
+    assert homes.spilled(key)  # the third in a row
+
+
 def test_least_busy_ignores_the_prompt(gateway, upstreams, org_a, local_pool, api_client_for):
     _deployment(org_a, local_pool, [u.url for u in upstreams], policy="least_busy")
     key = api_client_for(org_a).raw_key
