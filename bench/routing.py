@@ -206,8 +206,8 @@ def gateway_metrics(base: str) -> str:
 
 
 def spills(base: str) -> dict[str, float]:
-    """Prefix-affinity outcomes so far: affinity (the prefix's own replica) and spill."""
-    found = {"affinity": 0.0, "spill": 0.0}
+    """Prefix-affinity requests so far by outcome: affinity, new, spill, moved."""
+    found = dict.fromkeys(("affinity", "new", "spill", "moved"), 0.0)
     for m in re.finditer(
         r'^gantry_gateway_prefix_routed_total\{[^}]*outcome="(\w+)"[^}]*\} (\S+)$',
         gateway_metrics(base),
@@ -545,7 +545,9 @@ def main() -> None:
         gain = lb["ttft_p50_ms"] / pa["ttft_p50_ms"] if pa["ttft_p50_ms"] else float("nan")
         print(f"prefix affinity TTFT p50 gain: {gain:.2f}×")
 
+        routed = spills(base)
         samples, reaction, errors = autoscale_trace(d, base, raw)
+        routed = {k: v - routed.get(k, 0) for k, v in spills(base).items()}
         print("\nautoscaling trace (load: 1 user 0-30 s, 6 users 30-105 s, 1 user after)")
         print(f"{'t (s)':>6}{'desired':>9}{'running':>9}{'TTFT p95 (10 s)':>17}")
         for t, desired, run, p95 in samples:
@@ -553,6 +555,10 @@ def main() -> None:
         print(
             f"scale-up reaction (load step → 2nd replica serving): {reaction:.1f} s; "
             f"errors during the trace: {errors}"
+        )
+        print(
+            "prefix routing during the trace: "
+            + ", ".join(f"{k} {v:.0f}" for k, v in sorted(routed.items()))
         )
         print(
             f"RESULT ttft_p50_least_busy_ms={lb['ttft_p50_ms']:.0f} "
