@@ -33,7 +33,7 @@ def test_a_running_or_sleeping_deployment_has_a_playground_and_a_stopped_one_not
     for d, shown in ((running, True), (asleep, True), (stopped, False)):
         page = client.get(reverse("deployments:detail", args=[d.pk])).content.decode()
         assert ('id="playground"' in page) is shown, d.name
-        assert ("playground-1.0.js" in page) is shown
+        assert ("playground-1.1.js" in page) is shown
     page = client.get(reverse("deployments:detail", args=[running.pk])).content.decode()
     # The page holds no credential: the script asks for one when a prompt is sent.
     assert "gp_" not in page and "gk_" not in page

@@ -76,6 +76,25 @@ def test_a_prompt_streams_with_its_counts_and_the_usage_page_shows_the_tokens(
     ask(playground, "Once upon a time")
     stats = playground.get_by_test_id("stats")
     expect(stats).to_have_text(STATS, timeout=90_000)
+    # The code to copy follows the form: the completion endpoint, the settings just used.
+    curl = playground.get_by_test_id("code-curl")
+    expect(curl).to_contain_text(f"{portal_gateway.base_url}/completions")
+    for sent in ('"max_tokens": 16', '"temperature": 0', '"seed": 7', '"prompt": "Once upon'):
+        expect(curl).to_contain_text(sent)
+    python = playground.get_by_test_id("code-python")
+    expect(python).to_contain_text("client.completions.create(")
+    expect(python).to_contain_text("max_tokens=16,")
+    expect(playground.get_by_test_id("code-js")).to_contain_text('"seed": 7')
+    # Chat with a system prompt (quotes and all): the chat endpoint, the messages in order.
+    playground.get_by_role("radio", name="Chat").check()
+    playground.get_by_label("System prompt").fill("Answer as 'Gantry'.")
+    playground.get_by_label("Message").fill("Hi")
+    expect(curl).to_contain_text(f"{portal_gateway.base_url}/chat/completions")
+    expect(curl).to_contain_text("""Answer as '\\''Gantry'\\''.""")
+    expect(python).to_contain_text(
+        'messages=[{"role":"system","content":"Answer as \'Gantry\'."},'
+        '{"role":"user","content":"Hi"}],'
+    )
     answer = playground.get_by_test_id("assistant-text").last
     assert answer.inner_text().strip()
     # Token by token: the answer's text was rewritten event by event as it streamed.

@@ -1,7 +1,9 @@
-/* Gantry playground 1.0: sends the form's prompt to the gateway for each pane and streams
+/* Gantry playground 1.1: sends the form's prompt to the gateway for each pane and streams
    the answer in, token by token. No build, no dependencies. Each pane gets a short-lived
    token for its own deployment from the portal (POST, CSRF), then talks to the gateway
-   like any client. Model output is only ever set as text, never as HTML. */
+   like any client. Model output is only ever set as text, never as HTML. The code to
+   copy (curl, Python, JavaScript) follows the form: mode, system prompt, message and
+   sampling settings, as the playground would send them. */
 (function () {
   "use strict";
 
@@ -211,8 +213,79 @@
     }
   }
 
+  // The form as a request body, leniently: a field not (yet) valid is left out.
+  function sampleRequest(form, model) {
+    const chat = form.elements.mode.value === "chat";
+    const body = {model: model};
+    const prompt = form.elements.prompt.value.trim() ? form.elements.prompt.value : "Hello";
+    if (chat) {
+      const system = form.elements.system.value.trim();
+      body.messages = (system ? [{role: "system", content: system}] : []).concat([{role: "user", content: prompt}]);
+    } else {
+      body.prompt = prompt;
+    }
+    for (const [name, integer] of [["max_tokens", true], ["temperature", false], ["top_p", false], ["seed", true]]) {
+      try {
+        const value = numberField(form, name, integer);
+        if (value !== undefined) body[name] = value;
+      } catch (e) {
+        /* shown when sent; the sample leaves it out meanwhile */
+      }
+    }
+    if (form.elements.stop.value !== "") body.stop = [form.elements.stop.value];
+    return {chat: chat, body: body};
+  }
+
+  // Strings, numbers and lists or dicts of them: their JSON is a Python literal too.
+  function pythonValue(value) {
+    return JSON.stringify(value);
+  }
+
+  function renderCode(box, form) {
+    const base = box.dataset.gateway;
+    const {chat, body} = sampleRequest(form, box.dataset.model);
+    const path = chat ? "chat/completions" : "completions";
+    const streamed = Object.assign({}, body, {stream: true});
+    const shellJson = JSON.stringify(streamed, null, 1).replace(/\n\s*/g, " ").replace(/'/g, "'\\''");
+    box.querySelector("[data-testid=code-curl]").textContent =
+      `curl ${base}/${path} \\\n` +
+      `  -H "Authorization: Bearer $GANTRY_API_KEY" -H "Content-Type: application/json" \\\n` +
+      `  -d '${shellJson}'`;
+    const kwargs = Object.entries(body).map(([k, v]) => `    ${k}=${pythonValue(v)},`);
+    box.querySelector("[data-testid=code-python]").textContent = [
+      "import os",
+      "from openai import OpenAI",
+      "",
+      `client = OpenAI(base_url="${base}", api_key=os.environ["GANTRY_API_KEY"])`,
+      `stream = client.${chat ? "chat.completions" : "completions"}.create(`,
+      ...kwargs,
+      "    stream=True,",
+      ")",
+      "for chunk in stream:",
+      chat
+        ? "    if chunk.choices and chunk.choices[0].delta.content:\n        print(chunk.choices[0].delta.content, end=\"\", flush=True)"
+        : "    if chunk.choices:\n        print(chunk.choices[0].text, end=\"\", flush=True)",
+    ].join("\n");
+    box.querySelector("[data-testid=code-js]").textContent = [
+      `const response = await fetch("${base}/${path}", {`,
+      '  method: "POST",',
+      '  headers: {"Authorization": `Bearer ${GANTRY_API_KEY}`, "Content-Type": "application/json"},',
+      `  body: JSON.stringify(${JSON.stringify(body, null, 2).replace(/\n/g, "\n  ")}),`,
+      "});",
+      "const answer = await response.json();",
+      `console.log(answer.choices[0].${chat ? "message.content" : "text"});`,
+    ].join("\n");
+  }
+
   function setUp(root) {
     const form = root.querySelector("[data-playground-form]");
+    const code = root.querySelector("[data-code]");
+    if (code) {
+      const update = () => renderCode(code, form);
+      form.addEventListener("input", update);
+      form.addEventListener("change", update);
+      update();
+    }
     const panes = Array.from(root.querySelectorAll("[data-pane]"));
     const formError = form.querySelector("[data-form-error]");
     const send = form.querySelector("[type=submit]");
