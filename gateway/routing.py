@@ -204,13 +204,12 @@ class Router:
         ids = {t.replica_id: t for t in nearest}
         outcome = "affinity"
         if home not in ids:  # a new prefix, or its home stopped: a new home for it
-            # Of the replicas at most one request busier than the least loaded, the one
-            # with the fewest homes: each engine's cache holds its own share of the
-            # prefixes, and a new prefix — nothing of it cached anywhere yet — never queues
-            # behind a busy replica's work.
-            least = self.in_flight[nearest[0].replica_id]
+            # The replica with the fewest homes, then the least loaded: each engine's cache
+            # holds its own share of the prefixes (how busy a replica is at this instant
+            # says little of how much it will have to hold), and the load bound below
+            # still keeps a busy home from taking the request.
             first = min(
-                (t for t in nearest if self.in_flight[t.replica_id] <= least + 1),
+                nearest,
                 key=lambda t: (
                     self.affinity.claims[t.replica_id],
                     self.in_flight[t.replica_id],
