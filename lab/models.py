@@ -5,18 +5,8 @@ from django.conf import settings
 from django.db import models
 
 from deployments.models import Deployment, Replica
+from lab.status import FINISHED_STATUSES, RunStatus
 from portal.models import ApiKey, Organization
-
-
-class BenchmarkStatus(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
-    CANCELLED = "cancelled", "Cancelled"
-
-
-FINISHED_STATUSES = (BenchmarkStatus.SUCCEEDED, BenchmarkStatus.FAILED, BenchmarkStatus.CANCELLED)
 
 
 class Target(models.TextChoices):
@@ -47,9 +37,7 @@ class Benchmark(models.Model):
     slo = models.JSONField(default=dict)
     # Seeds the prompts and arrivals were drawn from, so a run can be replayed.
     seed = models.PositiveBigIntegerField(default=0)
-    status = models.CharField(
-        max_length=16, choices=BenchmarkStatus.choices, default=BenchmarkStatus.QUEUED
-    )
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
     phase = models.CharField(max_length=200, blank=True)
     progress = models.FloatField(default=0.0, help_text="0 to 1.")
     log = models.TextField(blank=True)
@@ -84,25 +72,21 @@ class Benchmark(models.Model):
 
 # Tunings and the leaderboard live in their own module; imported here so Django sees them.
 from lab.models_tuning import (  # noqa: E402
-    TUNING_FINISHED,
     LeaderboardEntry,
     ResultSource,
     TrialState,
     Tuning,
-    TuningStatus,
     TuningTrial,
 )
 
 __all__ = [
     "FINISHED_STATUSES",
-    "TUNING_FINISHED",
     "Benchmark",
-    "BenchmarkStatus",
     "LeaderboardEntry",
     "ResultSource",
+    "RunStatus",
     "Target",
     "TrialState",
     "Tuning",
-    "TuningStatus",
     "TuningTrial",
 ]

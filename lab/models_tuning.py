@@ -5,19 +5,9 @@ from django.conf import settings
 from django.db import models
 
 from deployments.models import Deployment
+from lab.status import FINISHED_STATUSES, RunStatus
 from marketplace.models import CatalogModel, ServingProfile
 from portal.models import Organization
-
-
-class TuningStatus(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
-    CANCELLED = "cancelled", "Cancelled"
-
-
-TUNING_FINISHED = (TuningStatus.SUCCEEDED, TuningStatus.FAILED, TuningStatus.CANCELLED)
 
 
 class Tuning(models.Model):
@@ -51,9 +41,7 @@ class Tuning(models.Model):
     base_args = models.JSONField(default=list, blank=True, help_text="Flags every trial sets.")
     warm_start = models.JSONField(default=list, blank=True, help_text="Configs tried first.")
     seed = models.PositiveBigIntegerField(default=0)
-    status = models.CharField(
-        max_length=16, choices=TuningStatus.choices, default=TuningStatus.QUEUED
-    )
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED)
     phase = models.CharField(max_length=200, blank=True)
     progress = models.FloatField(default=0.0)
     log = models.TextField(blank=True)
@@ -83,7 +71,7 @@ class Tuning(models.Model):
 
     @property
     def is_finished(self) -> bool:
-        return self.status in TUNING_FINISHED
+        return self.status in FINISHED_STATUSES
 
 
 class TrialState(models.TextChoices):

@@ -15,7 +15,7 @@ from deployments.access import access_deployment
 from deployments.engine_auth import engine_api_key
 from deployments.models import Deployment, DeploymentStatus, Replica, ReplicaStatus
 from lab import specs
-from lab.models import Benchmark, BenchmarkStatus, Target
+from lab.models import Benchmark, RunStatus, Target
 from lab.runner import Point, measure
 from portal.models import Organization
 from portal.services import api_key_create, api_key_revoke
@@ -111,10 +111,10 @@ def benchmark_cancel(*, benchmark: Benchmark) -> Benchmark:
     """Stop a run: a queued one at once; a running one between requests (its worker
     sees the flag, keeps the points finished so far and says so)."""
     now = timezone.now()
-    Benchmark.objects.filter(pk=benchmark.pk, status=BenchmarkStatus.QUEUED).update(
-        status=BenchmarkStatus.CANCELLED, phase="cancelled", finished_at=now, cancel_requested=True
+    Benchmark.objects.filter(pk=benchmark.pk, status=RunStatus.QUEUED).update(
+        status=RunStatus.CANCELLED, phase="cancelled", finished_at=now, cancel_requested=True
     )
-    Benchmark.objects.filter(pk=benchmark.pk, status=BenchmarkStatus.RUNNING).update(
+    Benchmark.objects.filter(pk=benchmark.pk, status=RunStatus.RUNNING).update(
         cancel_requested=True, phase="cancelling"
     )
     benchmark.refresh_from_db()
@@ -226,13 +226,13 @@ def benchmark_run(*, benchmark_id: int) -> Benchmark:
     """Run a queued benchmark. Claiming it is one conditional update, so a task delivered
     twice runs it once; a run already finished is left as it is."""
     claimed = Benchmark.objects.filter(
-        pk=benchmark_id, status=BenchmarkStatus.QUEUED, cancel_requested=False
-    ).update(status=BenchmarkStatus.RUNNING, started_at=timezone.now(), phase="starting")
+        pk=benchmark_id, status=RunStatus.QUEUED, cancel_requested=False
+    ).update(status=RunStatus.RUNNING, started_at=timezone.now(), phase="starting")
     bench = Benchmark.objects.select_related("deployment__gpu_type", "organization").get(
         pk=benchmark_id
     )
     if not claimed:
-        if bench.status == BenchmarkStatus.RUNNING and bench.updated_at < timezone.now() - STALE:
+        if bench.status == RunStatus.RUNNING and bench.updated_at < timezone.now() - STALE:
             return _lost(bench)
         return bench
     progress = _Progress(bench.pk)
@@ -266,15 +266,15 @@ def benchmark_run(*, benchmark_id: int) -> Benchmark:
             on_point=_in_thread(on_point),
         )
     except ValidationError as exc:
-        return _finish(bench, progress, points, BenchmarkStatus.FAILED, error=_message(exc))
+        return _finish(bench, progress, points, RunStatus.FAILED, error=_message(exc))
     except Exception as exc:  # a failed run says why on its page; the worker carries on
         log.exception("benchmark %s failed", bench.pk)
         return _finish(
-            bench, progress, points, BenchmarkStatus.FAILED, error=f"{type(exc).__name__}: {exc}"
+            bench, progress, points, RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}"
         )
     finally:
         _revoke_run_key(bench.pk)
-    status = BenchmarkStatus.CANCELLED if progress.should_stop() else BenchmarkStatus.SUCCEEDED
+    status = RunStatus.CANCELLED if progress.should_stop() else RunStatus.SUCCEEDED
     return _finish(bench, progress, points, status)
 
 
@@ -283,9 +283,9 @@ def _lost(bench: Benchmark) -> Benchmark:
     it fails with that reason, keeping its points; its key is revoked."""
     minutes = int(STALE.total_seconds() // 60)
     failed = Benchmark.objects.filter(
-        pk=bench.pk, status=BenchmarkStatus.RUNNING, updated_at__lt=timezone.now() - STALE
+        pk=bench.pk, status=RunStatus.RUNNING, updated_at__lt=timezone.now() - STALE
     ).update(
-        status=BenchmarkStatus.FAILED,
+        status=RunStatus.FAILED,
         phase="failed",
         error=f"The worker running it stopped (no progress for {minutes} minutes); run it again.",
         finished_at=timezone.now(),
@@ -329,13 +329,13 @@ def benchmark_summary(points: list[dict], slo: dict) -> dict:
 
 
 def _finish(bench, progress: _Progress, points, status, error: str = "") -> Benchmark:
-    if status == BenchmarkStatus.CANCELLED:
+    if status == RunStatus.CANCELLED:
         progress.line(f"cancelled; kept the {len(points)} point(s) finished before")
     elif error:
         progress.line(f"failed: {error}")
     else:
         progress.line(f"done: {len(points)} point(s)")
-    done = {"progress": 1.0} if status == BenchmarkStatus.SUCCEEDED else {}
+    done = {"progress": 1.0} if status == RunStatus.SUCCEEDED else {}
     progress.flush(
         status=status,
         phase=str(status),

@@ -26,11 +26,10 @@ from deployments.services import deployment_create, deployment_delete, deploymen
 from lab import search
 from lab.models import (
     Benchmark,
-    BenchmarkStatus,
+    RunStatus,
     Target,
     TrialState,
     Tuning,
-    TuningStatus,
     TuningTrial,
 )
 from lab.runner import measure
@@ -50,9 +49,9 @@ class Cancelled(Exception):
 # What a trial's end means for the benchmark that recorded its points: a pruned trial's
 # points were measured in full, they just stopped early.
 _BENCHMARK_STATUS: dict[str, str] = {
-    TrialState.COMPLETE: BenchmarkStatus.SUCCEEDED,
-    TrialState.PRUNED: BenchmarkStatus.SUCCEEDED,
-    TrialState.CANCELLED: BenchmarkStatus.CANCELLED,
+    TrialState.COMPLETE: RunStatus.SUCCEEDED,
+    TrialState.PRUNED: RunStatus.SUCCEEDED,
+    TrialState.CANCELLED: RunStatus.CANCELLED,
 }
 
 
@@ -166,8 +165,8 @@ def _finish_trial(trial: TuningTrial, state: str, *, note: str = "", value=None)
         ]
     )
     if trial.benchmark_id is not None:
-        Benchmark.objects.filter(pk=trial.benchmark_id, status=BenchmarkStatus.RUNNING).update(
-            status=_BENCHMARK_STATUS.get(state, BenchmarkStatus.FAILED),
+        Benchmark.objects.filter(pk=trial.benchmark_id, status=RunStatus.RUNNING).update(
+            status=_BENCHMARK_STATUS.get(state, RunStatus.FAILED),
             error=note[:300] if state == TrialState.FAILED else "",
             finished_at=now,
         )
@@ -236,7 +235,7 @@ def _run_trial(tuning: Tuning, trial: TuningTrial, study, otrial) -> None:
         load=tuning.load,
         slo=tuning.slo,
         seed=tuning.seed,
-        status=BenchmarkStatus.RUNNING,
+        status=RunStatus.RUNNING,
         phase=f"tuning {tuning.pk}, trial {trial.number}",
         started_at=timezone.now(),
     )
@@ -282,7 +281,7 @@ def _run_trial(tuning: Tuning, trial: TuningTrial, study, otrial) -> None:
             if not trial.warm and step < len(levels) - 1 and otrial.should_prune():
                 raise _Pruned(f"below the median of earlier trials at step {step + 1}")
     Benchmark.objects.filter(pk=bench.pk).update(
-        status=BenchmarkStatus.SUCCEEDED, progress=1.0, finished_at=timezone.now()
+        status=RunStatus.SUCCEEDED, progress=1.0, finished_at=timezone.now()
     )
 
 
@@ -327,8 +326,8 @@ def _finish(tuning: Tuning, status: str, reason: str) -> None:
     for t in tuning.trials.filter(state=TrialState.COMPLETE, value__isnull=False):
         if best is None or search.better(tuning.objective, t.value, best.value):
             best = t
-    if status == TuningStatus.SUCCEEDED and best is None:
-        status, reason = TuningStatus.FAILED, f"{reason}; no trial met the SLO"
+    if status == RunStatus.SUCCEEDED and best is None:
+        status, reason = RunStatus.FAILED, f"{reason}; no trial met the SLO"
     Tuning.objects.filter(pk=tuning.pk).update(
         status=status,
         best_trial=best,
@@ -349,21 +348,21 @@ def tuning_run(*, tuning_id: int) -> None:
         tuning = Tuning.objects.select_for_update().get(pk=tuning_id)
         if tuning.is_finished:
             return
-        tuning.status, tuning.started_at = TuningStatus.RUNNING, tuning.started_at or timezone.now()
+        tuning.status, tuning.started_at = RunStatus.RUNNING, tuning.started_at or timezone.now()
         tuning.save(update_fields=["status", "started_at", "updated_at"])
     for left in tuning.trials.filter(state=TrialState.RUNNING):
         _finish_trial(left, TrialState.FAILED, note="interrupted (the worker stopped)")
     while True:
         tuning.refresh_from_db()
         if tuning.cancel_requested:
-            return _finish(tuning, TuningStatus.CANCELLED, "cancelled")
+            return _finish(tuning, RunStatus.CANCELLED, "cancelled")
         reason = _stop_reason(tuning)
         if reason:
-            return _finish(tuning, TuningStatus.SUCCEEDED, reason)
+            return _finish(tuning, RunStatus.SUCCEEDED, reason)
         try:
             study, otrial, trial = _next_trial(tuning)
         except ValidationError as exc:
-            return _finish(tuning, TuningStatus.SUCCEEDED, "; ".join(exc.messages))
+            return _finish(tuning, RunStatus.SUCCEEDED, "; ".join(exc.messages))
         _log(tuning, f"trial {trial.number}: {' '.join(trial.launch[-24:])}")
         try:
             _run_trial(tuning, trial, study, otrial)
@@ -378,7 +377,7 @@ def tuning_run(*, tuning_id: int) -> None:
             text = "; ".join(exc.messages)
             _finish_trial(trial, TrialState.FAILED, note=text)
             if "quota" in text.lower() or "spend" in text.lower():
-                return _finish(tuning, TuningStatus.FAILED, f"trial refused: {text}")
+                return _finish(tuning, RunStatus.FAILED, f"trial refused: {text}")
         except Exception as exc:
             log.exception("tuning %s trial %s failed", tuning.pk, trial.number)
             _finish_trial(trial, TrialState.FAILED, note=f"error: {type(exc).__name__}: {exc}")

@@ -26,9 +26,9 @@ from lab import search, specs
 from lab.models import (
     LeaderboardEntry,
     ResultSource,
+    RunStatus,
     TrialState,
     Tuning,
-    TuningStatus,
     TuningTrial,
 )
 from marketplace import selectors as catalog
@@ -158,7 +158,7 @@ def _warm_configs(*, organization, family: str, engine: str) -> list[dict]:
             organization=organization,
             family=family,
             engine=engine,
-            status=TuningStatus.SUCCEEDED,
+            status=RunStatus.SUCCEEDED,
             best_trial__isnull=False,
         )
         .select_related("best_trial")
@@ -257,8 +257,8 @@ def tuning_cancel(*, tuning: Tuning) -> Tuning:
         if t.is_finished:
             return t
         t.cancel_requested = True
-        if t.status == TuningStatus.QUEUED:
-            t.status = TuningStatus.CANCELLED
+        if t.status == RunStatus.QUEUED:
+            t.status = RunStatus.CANCELLED
             t.phase = "cancelled before it started"
             t.finished_at = timezone.now()
         t.save(update_fields=["cancel_requested", "status", "phase", "finished_at", "updated_at"])

@@ -235,7 +235,7 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "UploadKindEnum": "builder.models.Upload.Kind",
         "BuildSourceEnum": "builder.models.Build.Source",
-        "BenchmarkStatusEnum": "lab.models.BenchmarkStatus",
+        "RunStatusEnum": "lab.status.RunStatus",
         "BenchmarkTargetEnum": "lab.models.Target",
     },
 }

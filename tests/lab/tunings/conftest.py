@@ -3,7 +3,7 @@
 import pytest
 
 from deployments.engines import DEMO_MODEL_REF
-from lab.models import TrialState, Tuning, TuningStatus, TuningTrial
+from lab.models import RunStatus, TrialState, Tuning, TuningTrial
 from marketplace.services import catalog_load
 from tests.deployments.conftest import (  # noqa: F401 - shared fixtures
     _isolated_var,
@@ -58,7 +58,7 @@ def finished_tuning(org, user, *, values=(12.0, 20.0)) -> Tuning:
         load={"kind": "concurrency", "concurrency": [1, 2]},
         space={"n_threads": [1, 2]},
         base_args=["--n_ctx", "512"],
-        status=TuningStatus.SUCCEEDED,
+        status=RunStatus.SUCCEEDED,
     )
     best = None
     for i, v in enumerate(values, start=1):
