@@ -42,8 +42,7 @@ class Affinity:
         self.redis = redis
         ttl = READ_AGAIN_S if redis is not None else prefix_ttl()
         self.local = KeyCache(size=MAX_LOCAL, ttl=ttl, negative_ttl=0)
-        # Homes this process gave each replica: how new prefixes are spread when the
-        # replicas are equally loaded.
+        # Homes this process gave each replica: a new prefix goes to the one with fewest.
         self.claims: Counter[int] = Counter()
         self.spills = KeyCache(size=MAX_LOCAL, ttl=SPILLS_KEPT_S, negative_ttl=0)
 
@@ -80,7 +79,7 @@ class Affinity:
 
     def kept(self, key: str) -> None:
         """A request of this prefix went home: its spills are no longer in a row."""
-        self.spills.items.pop(key, None)
+        self.spills.forget(key)
 
     async def claim(
         self, key: str, replica_id: int, *, move: bool = False, previous: int | None = None

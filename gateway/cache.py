@@ -51,3 +51,6 @@ class KeyCache:
         self.items.move_to_end(key)
         while len(self.items) > self.size:
             self.items.popitem(last=False)
+
+    def forget(self, key) -> None:
+        self.items.pop(key, None)
