@@ -81,21 +81,26 @@ class CidrTable:
 def prefix_of(body: dict) -> str:
     """What requests sharing a prompt prefix have in common: the first characters of the
     rendered messages (chat) or of the prompt (completions), as the engine would read them
-    in order — role and content of each message, system prompt first."""
+    in order — role and content of each message, system prompt first. Only as many
+    messages are rendered as the prefix needs (a long conversation is not copied whole)."""
+    limit = int(getattr(settings, "GATEWAY_PREFIX_CHARS", 1024))
     if isinstance(body.get("messages"), list):
-        parts = []
+        parts, size = [], 0
         for m in body["messages"]:
+            if size >= limit:
+                break
             if not isinstance(m, dict):
                 continue
             content = m.get("content")
             if not isinstance(content, str):
                 content = json.dumps(content, sort_keys=True)
             parts.append(f"<|{m.get('role', '')}|>{content}")
+            size += len(parts[-1])
         text = "".join(parts)
     else:
         prompt = body.get("prompt", "")
         text = prompt if isinstance(prompt, str) else json.dumps(prompt)
-    return text[: int(getattr(settings, "GATEWAY_PREFIX_CHARS", 1024))]
+    return text[:limit]
 
 
 def bounded(order: list[Target], load: dict[int, int]) -> list[Target]:
