@@ -45,3 +45,35 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
     return ordered[index]
+
+
+def local_cpu_pool(code: str, name: str):
+    """A region `code` with a CPU pool on the local driver and this machine as its node (4
+    slots): where the benches that run real llama.cpp replicas place them."""
+    from deployments.models import Driver, GpuPool, GpuType, Node, Region
+
+    region, _ = Region.objects.get_or_create(code=code, defaults={"name": name})
+    pool, _ = GpuPool.objects.get_or_create(
+        region=region,
+        name="cpu",
+        defaults={"driver": Driver.LOCAL, "gpu_type": GpuType.objects.get(code="cpu")},
+    )
+    Node.objects.get_or_create(
+        pool=pool, name="localhost", defaults={"gpus_total": 4, "address": "127.0.0.1"}
+    )
+    return region, pool
+
+
+def start_gateway(port: int, *, env: dict | None = None, core: int | None = None, quiet=False):
+    """The gateway in a process of its own, as `make run` starts it (uvicorn, no proxy
+    headers), on `port`; pinned to CPU `core` when given."""
+    import subprocess
+
+    argv = [sys.executable, "-m", "uvicorn", "gateway.asgi:app", "--host", "127.0.0.1"]
+    argv += ["--port", str(port), "--log-level", "warning", "--no-proxy-headers"]
+    if quiet:
+        argv.append("--no-access-log")
+    if core is not None:
+        argv = ["taskset", "-c", str(core), *argv]
+    out = subprocess.DEVNULL if quiet else None
+    return subprocess.Popen(argv, cwd=ROOT, env=env or os.environ.copy(), stdout=out, stderr=out)

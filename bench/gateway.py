@@ -29,7 +29,7 @@ import threading
 import time
 from pathlib import Path
 
-from _setup import ROOT, django_on_postgres
+from _setup import ROOT, django_on_postgres, start_gateway
 
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "32"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
@@ -339,31 +339,7 @@ def main():
 
     procs = []
     env = {**os.environ, "DATABASE_URL": db_url, "LOG_LEVEL": "WARNING"}
-    procs.append(
-        subprocess.Popen(
-            [
-                "taskset",
-                "-c",
-                "1",
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "gateway.asgi:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(gantry_port),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-                "--no-proxy-headers",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    )
+    procs.append(start_gateway(gantry_port, env=env, core=1, quiet=True))
     peers = {"gantry": (gantry_port, "/v1/chat/completions", {"Authorization": f"Bearer {raw}"})}
     pids = {"gantry": procs[-1].pid}
 

@@ -41,8 +41,6 @@ import random
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -60,7 +58,7 @@ os.environ["GATEWAY_ROUTE_TTL_S"] = "1"
 os.environ["GATEWAY_LOAD_REPORT_S"] = "1"
 os.environ["GATEWAY_METRICS_TOKEN"] = "bench-routing-metrics"
 
-from _setup import django_on_postgres, percentile  # noqa: E402
+from _setup import django_on_postgres, local_cpu_pool, percentile, start_gateway  # noqa: E402
 
 USERS = int(os.environ.get("BENCH_USERS", "32"))
 TURNS = int(os.environ.get("BENCH_TURNS", "2"))
@@ -444,7 +442,7 @@ def main() -> None:
     from django.contrib.auth import get_user_model
 
     from deployments.demo_model import write_demo_gguf
-    from deployments.models import Deployment, Driver, GpuPool, GpuType, Node, Region
+    from deployments.models import Deployment, GpuType
     from deployments.services import deployment_reconcile
     from portal.services import api_key_create, organization_create
 
@@ -459,15 +457,7 @@ def main() -> None:
     per_state = state_bytes(model, system_prompts(random.Random(0))[0] + " user 0 question 1")
     cache_bytes = int(CACHE_STATES * per_state)
     Deployment.objects.all().delete()
-    region, _ = Region.objects.get_or_create(code="local", defaults={"name": "This machine"})
-    pool, _ = GpuPool.objects.get_or_create(
-        region=region,
-        name="cpu",
-        defaults={"driver": Driver.LOCAL, "gpu_type": GpuType.objects.get(code="cpu")},
-    )
-    Node.objects.get_or_create(
-        pool=pool, name="localhost", defaults={"gpus_total": 4, "address": "127.0.0.1"}
-    )
+    local_cpu_pool("local", "This machine")
     user, _ = get_user_model().objects.get_or_create(username="bench-routing")
     from portal.models import Organization
 
@@ -497,23 +487,7 @@ def main() -> None:
         regions=["local"],
     )
     port = 18000 + os.getpid() % 1000
-    gateway = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "gateway.asgi:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--no-proxy-headers",
-        ],
-        cwd=ROOT,
-        env=os.environ.copy(),
-    )
+    gateway = start_gateway(port)
     base = f"http://127.0.0.1:{port}"
     try:
         print(

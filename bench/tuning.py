@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 
-from _setup import django_on_postgres
+from _setup import django_on_postgres, local_cpu_pool
 
 REQUESTS = int(os.environ.get("BENCH_REQUESTS", "6"))
 SHARE = 0.30
@@ -62,7 +62,7 @@ def setup():
     from billing.gpu_rates import ensure_default_rates
     from billing.plans import ensure_default_plan
     from deployments.gpu_types import ensure_gpu_types
-    from deployments.models import Deployment, Driver, GpuPool, GpuType, Node, Region
+    from deployments.models import Deployment, GpuPool, Node
     from lab.models import Tuning
     from marketplace.services import catalog_load
     from portal.models import Membership, Organization, Role
@@ -73,15 +73,7 @@ def setup():
     catalog_load()
     Tuning.objects.all().delete()
     Deployment.objects.filter(name__startswith="tune-").delete()
-    region, _ = Region.objects.get_or_create(code="bench-local", defaults={"name": "bench"})
-    pool, _ = GpuPool.objects.get_or_create(
-        region=region,
-        name="cpu",
-        defaults={"driver": Driver.LOCAL, "gpu_type": GpuType.objects.get(code="cpu")},
-    )
-    Node.objects.get_or_create(
-        pool=pool, name="localhost", defaults={"gpus_total": 4, "address": "127.0.0.1"}
-    )
+    _region, pool = local_cpu_pool("bench-local", "bench")
     Node.objects.filter(pool=pool).update(gpus_allocated=0)
     GpuPool.objects.exclude(pk=pool.pk).update(enabled=False)
     user, _ = get_user_model().objects.get_or_create(username="bench-tuner")
